@@ -1,0 +1,26 @@
+"""peftkit: parameter-efficient fine-tuning of pretrained language models."""
+
+from peftkit import methods  # noqa: F401  (registers the built-in methods)
+from peftkit.core.config import PeftConfig
+from peftkit.core.errors import CheckpointError, ConfigError, DataError, PeftkitError
+from peftkit.core.peft_model import PeftModel, get_peft_model
+from peftkit.core.registry import Method, register_method, registered_methods
+from peftkit.core.targets import plan
+from peftkit.methods.lora import LoraConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "LoraConfig",
+    "Method",
+    "PeftConfig",
+    "PeftModel",
+    "PeftkitError",
+    "get_peft_model",
+    "plan",
+    "register_method",
+    "registered_methods",
+]

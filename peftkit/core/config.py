@@ -1,0 +1,154 @@
+"""Config base classes: dataclasses with validation, JSON round-trip and forgiving reads.
+
+A method's config is a dataclass decorated with :func:`config_dataclass`; it names its ``peft_type``
+(peft's spelling, e.g. ``"LORA"``) so that ``adapter_config.json`` reads the same in peft and peftkit.
+
+Two ways in, two levels of strictness:
+
+* what a user writes (constructor, YAML, CLI) is strict: an unknown field is a ``ConfigError``
+  naming it, with the closest known name as a hint;
+* an ``adapter_config.json`` written by peft or by a newer peftkit is forgiving
+  (:meth:`PeftConfig.from_saved`): an unknown field at a neutral value (``None``, ``False``, empty,
+  or peft's own default) is dropped with one warning naming it; an unknown field set to anything
+  else would change the computation, so it is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import json
+import warnings
+from typing import Any, ClassVar
+
+from peftkit.core.errors import ConfigError
+
+# Fields peft writes that describe the file, not the computation.
+_METADATA_FIELDS = {"peft_version", "auto_mapping", "peftkit_version"}
+
+
+def config_dataclass(cls):
+    """Make ``cls`` a dataclass whose constructor rejects unknown fields with a ``ConfigError``."""
+    cls = dataclasses.dataclass(cls)
+    generated_init = cls.__init__
+
+    @functools.wraps(generated_init)
+    def __init__(self, *args, **kwargs):
+        cls._reject_unknown(kwargs)
+        generated_init(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+    return cls
+
+
+@config_dataclass
+class PeftConfig:
+    """Fields every method shares (names as in peft)."""
+
+    peft_type: ClassVar[str] = ""
+    task_type: str | None = None
+    base_model_name_or_path: str | None = None
+    revision: str | None = None
+    inference_mode: bool = False
+    modules_to_save: list[str] | None = None
+
+    # Unknown fields written by peft and their defaults there, for forgiving reads (see module docstring).
+    foreign_defaults: ClassVar[dict[str, Any]] = {}
+
+    def __post_init__(self) -> None:
+        if isinstance(self.modules_to_save, str):
+            self.modules_to_save = [self.modules_to_save]
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` naming the first field with an unusable value."""
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def _reject_unknown(cls, values: dict[str, Any]) -> None:
+        known = cls.field_names()
+        for name in values:
+            if name not in known:
+                hint = difflib.get_close_matches(name, known, n=1)
+                suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+                raise ConfigError(
+                    f"unknown field '{name}' for {cls.__name__}{suggestion}; known fields: {', '.join(known)}"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        return {"peft_type": self.peft_type, **values}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PeftConfig:
+        """Strict: every key must be a field of ``cls`` (``peft_type`` may be given and must match)."""
+        values = dict(values)
+        peft_type = values.pop("peft_type", cls.peft_type)
+        if peft_type != cls.peft_type:
+            raise ConfigError(f"peft_type is '{peft_type}', but {cls.__name__} is '{cls.peft_type}'")
+        return cls(**values)
+
+    @classmethod
+    def from_saved(cls, values: dict[str, Any], source: str = "adapter_config.json") -> PeftConfig:
+        """Forgiving read of a saved config (see module docstring)."""
+        values = {k: v for k, v in values.items() if k not in _METADATA_FIELDS}
+        known = set(cls.field_names()) | {"peft_type"}
+        ignored = []
+        for name in [k for k in values if k not in known]:
+            value = values.pop(name)
+            if _is_neutral(value) or value == cls.foreign_defaults.get(name, object()):
+                ignored.append(name)
+            else:
+                raise ConfigError(
+                    f"{source}: field '{name}' = {value!r} changes the computation and peftkit does not "
+                    f"support it"
+                )
+        if ignored:
+            warnings.warn(
+                f"{source}: ignoring fields peftkit does not know, all at their default values: "
+                f"{', '.join(sorted(ignored))}",
+                stacklevel=2,
+            )
+        return cls.from_dict(values)
+
+
+def _is_neutral(value: Any) -> bool:
+    return value is None or value is False or (isinstance(value, (dict, list, str)) and len(value) == 0)
+
+
+@config_dataclass
+class TargetedConfig(PeftConfig):
+    """A config whose method wraps chosen modules of the model.
+
+    ``target_modules``: a list matches exact module names or name suffixes (``"query"`` matches
+    ``bert.encoder.layer.0.attention.self.query``); a string is a regular expression that must match
+    the whole name; ``"all-linear"`` hits every Linear / Conv1D except the output head.
+    ``exclude_modules`` takes the same forms. ``layers_to_transform`` keeps only modules in the listed
+    layer indices, the index being the number after ``layers_pattern`` (or the first number in the name).
+    """
+
+    target_modules: list[str] | str | None = None
+    exclude_modules: list[str] | str | None = None
+    layers_to_transform: list[int] | int | None = None
+    layers_pattern: list[str] | str | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("target_modules", "exclude_modules"):
+            value = getattr(self, name)
+            if isinstance(value, (set, tuple)):
+                setattr(self, name, sorted(value))
+            elif value is not None and not isinstance(value, (str, list)):
+                raise ConfigError(f"{name} must be a list of module names or a regex string, got {value!r}")
+        layers = self.layers_to_transform
+        if layers is not None:
+            indices = [layers] if isinstance(layers, int) else layers
+            if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices):
+                raise ConfigError(f"layers_to_transform must hold non-negative layer indices, got {layers!r}")

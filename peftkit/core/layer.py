@@ -1,0 +1,130 @@
+"""``AdapterLayer``: a base module wrapped with one or more named adapters of one method.
+
+A method's layer subclasses it, lists in ``adapter_attributes`` the ``ModuleDict`` / ``ParameterDict``
+attributes that hold each adapter's tensors (keyed by adapter name), and implements ``add_adapter``,
+``expected_shapes`` and ``forward`` (plus ``delta_weight`` when the update is a weight delta). What is
+the same for every method lives here: which adapters are active, disabling, removing an adapter, the
+adapter's tensors under peft's key names (the adapter name dropped), and merge bookkeeping.
+
+The wrapped module stays reachable as ``base_layer``, so its parameters are named
+``<path>.base_layer.weight`` exactly as in peft.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from peftkit.core.config import PeftConfig
+from peftkit.core.errors import ConfigError
+
+
+class AdapterLayer(nn.Module):
+    adapter_attributes: ClassVar[tuple[str, ...]] = ()
+    mergeable: ClassVar[bool] = True
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.active_adapters: list[str] = []
+        self.merged_adapters: list[str] = []
+        self.adapters_disabled = False
+
+    # ---- what each method provides -------------------------------------------------------------
+    @classmethod
+    def expected_shapes(cls, base_layer: nn.Module, config: PeftConfig, module_name: str) -> dict[str, tuple]:
+        """Shapes of the tensors one adapter adds, under their saved (relative) key names.
+
+        Raises ``ConfigError`` when the config cannot apply to this module. Used by the dry-run plan and
+        to check a checkpoint before the model is touched.
+        """
+        raise NotImplementedError
+
+    def add_adapter(self, name: str, config: PeftConfig, module_name: str) -> None:
+        raise NotImplementedError
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        """The adapter's update in the layout of ``base_layer.weight`` (mergeable methods)."""
+        raise NotImplementedError
+
+    def merged_weight(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        return weight + self.delta_weight(name)
+
+    def unmerged_weight(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        return weight - self.delta_weight(name)
+
+    def unwrapped(self) -> nn.Module:
+        """The module that replaces this layer in ``merge_and_unload`` / ``unload``."""
+        return self.base_layer
+
+    # ---- generic --------------------------------------------------------------------------------
+    @property
+    def adapter_names(self) -> list[str]:
+        names: dict[str, None] = {}
+        for attr in self.adapter_attributes:
+            names.update(dict.fromkeys(getattr(self, attr).keys()))
+        return list(names)
+
+    def has_adapter(self, name: str) -> bool:
+        return any(name in getattr(self, attr) for attr in self.adapter_attributes)
+
+    def adapters_to_apply(self) -> list[str]:
+        """Active adapters that this forward pass must compute (not disabled, not merged, present)."""
+        if self.adapters_disabled:
+            return []
+        return [n for n in self.active_adapters if n not in self.merged_adapters and self.has_adapter(n)]
+
+    def adapter_state_dict(self, name: str) -> dict[str, torch.Tensor]:
+        """The adapter's live tensors, keyed as in peft's files relative to this layer."""
+        tensors = {}
+        for attr in self.adapter_attributes:
+            container = getattr(self, attr)
+            if name not in container:
+                continue
+            item = container[name]
+            if isinstance(item, torch.Tensor):
+                tensors[attr] = item
+            else:
+                tensors.update({f"{attr}.{key}": p for key, p in item.named_parameters()})
+        return tensors
+
+    def remove_adapter(self, name: str) -> None:
+        if name in self.merged_adapters:
+            raise ConfigError(f"adapter '{name}' is merged; unmerge it before removing it")
+        for attr in self.adapter_attributes:
+            container = getattr(self, attr)
+            if name in container:
+                del container[name]
+        self.active_adapters = [n for n in self.active_adapters if n != name]
+
+    def check_mergeable(self) -> None:
+        if not self.mergeable:
+            raise ConfigError(
+                f"{type(self).__name__} cannot be merged into the base weights: its output is not a "
+                f"function of a changed weight"
+            )
+
+    def merge(self, names: list[str], safe_merge: bool = False) -> None:
+        self.check_mergeable()
+        weight = self.base_layer.weight
+        for name in names:
+            if name in self.merged_adapters or not self.has_adapter(name):
+                continue
+            with torch.no_grad():
+                new_weight = self.merged_weight(name, weight.detach().float()).to(weight.dtype)
+                if safe_merge and not torch.isfinite(new_weight).all():
+                    raise ValueError(f"merging adapter '{name}' gives non-finite weights; the model is unchanged")
+                weight.data.copy_(new_weight)
+            self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        weight = self.base_layer.weight
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            with torch.no_grad():
+                weight.data.copy_(self.unmerged_weight(name, weight.detach().float()).to(weight.dtype))
+
+    def extra_repr(self) -> str:
+        return f"adapters={self.adapter_names}, active={self.active_adapters}, merged={self.merged_adapters}"

@@ -1,0 +1,325 @@
+"""``PeftModel``: a transformers (or any PyTorch) model with named adapters, shaped like peft's API.
+
+``get_peft_model(model, config)`` wraps the modules ``config`` targets (see ``core.targets.plan``),
+freezes everything else and makes the active adapter trainable. Adapters can be added, switched,
+disabled (a context manager), deleted, merged into the base weights and unmerged, saved in peft's
+format and loaded from it. Whatever fails because of bad input fails before the model is touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from peftkit.core.checkpoint import (
+    CONFIG_NAME,
+    KEY_PREFIX,
+    adapter_folder,
+    check_tensors,
+    read_adapter_config,
+    read_adapter_weights,
+    write_adapter,
+)
+from peftkit.core.config import PeftConfig
+from peftkit.core.errors import ConfigError
+from peftkit.core.layer import AdapterLayer
+from peftkit.core.modules_to_save import ModulesToSave
+from peftkit.core.registry import method_by_peft_type
+from peftkit.core.targets import Plan, base_of as _base_of, plan
+
+
+def get_peft_model(model: nn.Module, config: PeftConfig, adapter_name: str = "default") -> PeftModel:
+    """Wrap ``model`` with a new adapter described by ``config``; the model is changed in place."""
+    return PeftModel(model, config, adapter_name=adapter_name)
+
+
+class PeftModel(nn.Module):
+    def __init__(self, model: nn.Module, config: PeftConfig | None = None, adapter_name: str = "default") -> None:
+        super().__init__()
+        self.base_model = model
+        self.peft_config: dict[str, PeftConfig] = {}
+        self.active_adapter: str | None = None
+        if config is not None:
+            self.add_adapter(adapter_name, config)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_model":
+                raise
+            return getattr(self.base_model, name)
+
+    def forward(self, *args, **kwargs):
+        return self.base_model(*args, **kwargs)
+
+    @property
+    def accepts_loss_kwargs(self) -> bool:
+        """Lets transformers' ``Trainer`` see the wrapped model's forward signature, not ours."""
+        if hasattr(self.base_model, "accepts_loss_kwargs"):
+            return self.base_model.accepts_loss_kwargs
+        parameters = inspect.signature(self.base_model.forward).parameters.values()
+        return any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+    def get_base_model(self) -> nn.Module:
+        return self.base_model
+
+    # ---- adapters -------------------------------------------------------------------------------
+    def adapter_layers(self) -> Iterator[tuple[str, AdapterLayer]]:
+        for name, module in self.base_model.named_modules():
+            if isinstance(module, AdapterLayer):
+                yield name, module
+
+    def add_adapter(self, adapter_name: str, config: PeftConfig) -> None:
+        """Add a new adapter (not made active unless it is the first)."""
+        self._check_new_name(adapter_name)
+        self._inject(adapter_name, config, plan(self.base_model, config))
+
+    def _check_new_name(self, adapter_name: str) -> None:
+        if adapter_name in self.peft_config:
+            raise ConfigError(f"adapter '{adapter_name}' already exists; delete it first or pick another name")
+        if not adapter_name or "." in adapter_name or "/" in adapter_name:
+            raise ConfigError(f"adapter name '{adapter_name}' must be non-empty and hold no '.' or '/'")
+
+    def _inject(self, adapter_name: str, config: PeftConfig, the_plan: Plan) -> None:
+        if config.base_model_name_or_path is None:
+            config.base_model_name_or_path = getattr(self.base_model, "name_or_path", None) or None
+        try:
+            for item in the_plan.modules:
+                module = self.base_model.get_submodule(item.name)
+                if not isinstance(module, item.layer_cls):
+                    module = item.layer_cls(module)
+                    module.active_adapters = [self.active_adapter] if self.active_adapter else []
+                    self._replace(item.name, module)
+                module.add_adapter(adapter_name, config, item.name)
+        except BaseException:
+            self._remove_from_layers(adapter_name)
+            raise
+        self.peft_config[adapter_name] = config
+        if self.active_adapter is None:
+            self.set_adapter(adapter_name)
+        else:
+            self._mark_trainable()
+
+    def _replace(self, name: str, module: nn.Module) -> None:
+        parent_name, _, child = name.rpartition(".")
+        parent = self.base_model.get_submodule(parent_name) if parent_name else self.base_model
+        setattr(parent, child, module)
+
+    def _remove_from_layers(self, adapter_name: str) -> None:
+        for name, layer in list(self.adapter_layers()):
+            if layer.has_adapter(adapter_name):
+                layer.remove_adapter(adapter_name)
+            if not layer.adapter_names:
+                self._replace(name, layer.base_layer)
+
+    def _require(self, adapter_name: str) -> PeftConfig:
+        if adapter_name not in self.peft_config:
+            known = ", ".join(self.peft_config) or "none"
+            raise ConfigError(f"no adapter named '{adapter_name}' (adapters: {known})")
+        return self.peft_config[adapter_name]
+
+    def set_adapter(self, adapter_name: str) -> None:
+        """Make ``adapter_name`` the one adapter used in forward passes and trained."""
+        self._require(adapter_name)
+        if self._merged():
+            warnings.warn("unmerging the merged adapters before switching adapters", stacklevel=2)
+            self.unmerge_adapter()
+        for _, layer in self.adapter_layers():
+            layer.active_adapters = [adapter_name]
+        self.active_adapter = adapter_name
+        self._mark_trainable()
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        self._require(adapter_name)
+        if self._merged():
+            warnings.warn("unmerging the merged adapters before deleting one", stacklevel=2)
+            self.unmerge_adapter()
+        self._remove_from_layers(adapter_name)
+        del self.peft_config[adapter_name]
+        if self.active_adapter == adapter_name:
+            self.active_adapter = None
+            if self.peft_config:
+                self.set_adapter(next(iter(self.peft_config)))
+        self._mark_trainable()
+
+    @contextlib.contextmanager
+    def disable_adapter(self):
+        """Run the base model as it was: ``with model.disable_adapter(): base_logits = model(**batch)``."""
+        merged = self._merged()
+        if merged:
+            self.unmerge_adapter()
+        layers = [layer for _, layer in self.adapter_layers()]
+        for layer in layers:
+            layer.adapters_disabled = True
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.adapters_disabled = False
+            if merged:
+                self.merge_adapter()
+
+    # ---- trainable parameters --------------------------------------------------------------------
+    def _mark_trainable(self) -> None:
+        for parameter in self.base_model.parameters():
+            parameter.requires_grad_(False)
+        if self.active_adapter is None or self.peft_config[self.active_adapter].inference_mode:
+            return
+        for parameter in self._adapter_tensors(self.active_adapter).values():
+            parameter.requires_grad_(True)
+
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        return trainable, total
+
+    def print_trainable_parameters(self) -> None:
+        trainable, total = self.get_nb_trainable_parameters()
+        print(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}")
+
+    # ---- merging ---------------------------------------------------------------------------------
+    def _merged(self) -> bool:
+        return any(layer.merged_adapters for _, layer in self.adapter_layers())
+
+    def merge_adapter(self, safe_merge: bool = False) -> None:
+        """Fold the active adapter into the base weights; ``unmerge_adapter`` takes it out again."""
+        layers = [layer for _, layer in self.adapter_layers()]
+        for layer in layers:
+            if layer.adapters_to_apply():
+                layer.check_mergeable()
+        try:
+            for layer in layers:
+                layer.merge(layer.active_adapters, safe_merge=safe_merge)
+        except BaseException:
+            self.unmerge_adapter()
+            raise
+
+    def unmerge_adapter(self) -> None:
+        for _, layer in self.adapter_layers():
+            layer.unmerge()
+
+    def merge_and_unload(self, safe_merge: bool = False) -> nn.Module:
+        """Merge the active adapter and return the plain base model with the adapter layers removed."""
+        self.merge_adapter(safe_merge=safe_merge)
+        return self._unwrap_all()
+
+    def unload(self) -> nn.Module:
+        """Return the base model without any adapter (nothing merged)."""
+        self.unmerge_adapter()
+        for _, layer in self.adapter_layers():
+            layer.adapters_disabled = True
+        model = self._unwrap_all()
+        return model
+
+    def _unwrap_all(self) -> nn.Module:
+        for name, layer in list(self.adapter_layers()):
+            self._replace(name, layer.unwrapped())
+        self.peft_config.clear()
+        self.active_adapter = None
+        return self.base_model
+
+    # ---- saving and loading ----------------------------------------------------------------------
+    def _bias_parameters(self, adapter_name: str) -> dict[str, nn.Parameter]:
+        """Base-model biases trained with this adapter (LoRA's ``bias='all' | 'lora_only'``)."""
+        bias = getattr(self.peft_config[adapter_name], "bias", "none")
+        if bias == "none":
+            return {}
+        if bias == "lora_only":
+            return {
+                f"{path}.base_layer.bias": layer.base_layer.bias
+                for path, layer in self.adapter_layers()
+                if layer.has_adapter(adapter_name) and not isinstance(layer, ModulesToSave)
+                and getattr(layer.base_layer, "bias", None) is not None
+            }
+        return {name: p for name, p in self._visible_base_parameters() if name.endswith(".bias")}
+
+    def _visible_base_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """Base parameters, without adapter tensors or modules_to_save copies and originals."""
+        hidden = [path + "." for path, layer in self.adapter_layers() if isinstance(layer, ModulesToSave)]
+        for name, parameter in self.base_model.named_parameters():
+            if any(name.startswith(h) for h in hidden):
+                continue
+            owner = self.base_model.get_submodule(name.rpartition(".")[0]) if "." in name else self.base_model
+            if not isinstance(owner, AdapterLayer):
+                yield name, parameter
+
+    def _adapter_tensors(self, adapter_name: str) -> dict[str, torch.Tensor]:
+        """The adapter's live tensors under their peft file keys."""
+        tensors = {}
+        for path, layer in self.adapter_layers():
+            if layer.has_adapter(adapter_name):
+                for key, tensor in layer.adapter_state_dict(adapter_name).items():
+                    tensors[f"{KEY_PREFIX}{path}.{key}"] = tensor
+        for key, tensor in self._bias_parameters(adapter_name).items():
+            tensors[KEY_PREFIX + key] = tensor
+        return tensors
+
+    def _expected_tensors(self, the_plan: Plan, config: PeftConfig) -> tuple[dict[str, tuple], dict[str, tuple]]:
+        """Keys and shapes a checkpoint for ``the_plan`` must hold, and may hold, worked out before any change.
+
+        Optional: full input / output embedding weights, which peft saves next to an adapter that targets an
+        embedding (or after the vocabulary was resized); they are loaded into the base model, as peft does.
+        """
+        required = {
+            f"{KEY_PREFIX}{item.name}.{key}": shape for item in the_plan.modules for key, shape in item.shapes.items()
+        }
+        bias = getattr(config, "bias", "none")
+        adapted = {item.name for item in the_plan.modules if item.role == "adapt"}
+        saved = [item.name + "." for item in the_plan.modules if item.role == "save"]
+        embeddings = [self.base_model.get_input_embeddings(), self.base_model.get_output_embeddings()] if hasattr(
+            self.base_model, "get_input_embeddings") else []
+        optional = {}
+        for name, parameter in self._visible_base_parameters():
+            if any(name.startswith(s) for s in saved):
+                continue
+            owner, _, leaf = name.rpartition(".")
+            owner_module = self.base_model.get_submodule(owner) if owner else self.base_model
+            key = KEY_PREFIX + (f"{owner}.base_layer.{leaf}" if owner in adapted else name)
+            if leaf == "bias" and (bias == "all" or (bias == "lora_only" and owner in adapted)):
+                required[key] = tuple(parameter.shape)
+            elif any(_base_of(owner_module) is e for e in embeddings if e is not None):
+                optional[key] = tuple(parameter.shape)
+        return required, optional
+
+    def save_pretrained(self, save_directory: str | Path, selected_adapters: list[str] | None = None) -> None:
+        """Write each adapter in peft's format (``default`` at the root, others in sub-folders)."""
+        for name in selected_adapters or list(self.peft_config):
+            config = self._require(name).to_dict()
+            config["inference_mode"] = True
+            write_adapter(adapter_folder(save_directory, name), config, self._adapter_tensors(name))
+
+    @classmethod
+    def from_pretrained(
+        cls, model: nn.Module, model_id: str | Path, adapter_name: str = "default", is_trainable: bool = False
+    ) -> PeftModel:
+        """Load an adapter folder written by peftkit or peft onto ``model``."""
+        peft_model = cls(model)
+        peft_model.load_adapter(model_id, adapter_name=adapter_name, is_trainable=is_trainable)
+        return peft_model
+
+    def load_adapter(self, model_id: str | Path, adapter_name: str = "default", is_trainable: bool = False) -> None:
+        """Read, check, then inject: a missing, corrupt or mismatched file leaves the model unchanged."""
+        self._check_new_name(adapter_name)
+        raw = read_adapter_config(model_id)
+        method = method_by_peft_type(raw["peft_type"])
+        config = method.config_cls.from_saved(raw, source=str(Path(model_id) / CONFIG_NAME))
+        config.inference_mode = not is_trainable
+        tensors, path = read_adapter_weights(model_id)
+        the_plan = plan(self.base_model, config)
+        required, optional = self._expected_tensors(the_plan, config)
+        check_tensors(path, tensors, required, optional)
+        self._inject(adapter_name, config, the_plan)
+        live = {**self._adapter_tensors(adapter_name), **self._base_tensors_by_key()}
+        with torch.no_grad():
+            for key, tensor in tensors.items():
+                live[key].copy_(tensor.to(live[key].dtype))
+
+    def _base_tensors_by_key(self) -> dict[str, torch.Tensor]:
+        return {KEY_PREFIX + name: p for name, p in self._visible_base_parameters()}

@@ -1,0 +1,234 @@
+"""Which modules a config hits — decided before anything in the model changes.
+
+``plan(model, config)`` is the public dry run: it lists the modules the config would wrap (and the
+modules it would train and save whole), with the parameters each would add, and raises a
+``ConfigError`` naming the field when a pattern matches nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from peftkit.core.config import PeftConfig, TargetedConfig
+from peftkit.core.errors import ConfigError
+from peftkit.core.layer import AdapterLayer
+from peftkit.core.modules_to_save import ModulesToSave
+from peftkit.core.registry import Method, method_for_config
+
+ALL_LINEAR = "all-linear"
+# Task heads peft adds to modules_to_save for these task types; optional (a model has one or none).
+TASK_HEAD_NAMES = {"SEQ_CLS": ["classifier", "score"], "TOKEN_CLS": ["classifier", "score"]}
+_HEAD_ATTRIBUTES = ("lm_head", "classifier", "score", "qa_outputs")
+
+
+@dataclass
+class PlannedModule:
+    name: str
+    module_type: str
+    layer_cls: type[AdapterLayer]
+    shapes: dict[str, tuple]
+    role: str = "adapt"  # "adapt": wrapped by the method; "save": trained and saved whole
+
+    @property
+    def new_parameters(self) -> int:
+        total = 0
+        for shape in self.shapes.values():
+            count = 1
+            for size in shape:
+                count *= size
+            total += count
+        return total
+
+
+@dataclass
+class Plan:
+    method: str
+    model_parameters: int
+    modules: list[PlannedModule] = field(default_factory=list)
+
+    @property
+    def new_parameters(self) -> int:
+        return sum(m.new_parameters for m in self.modules)
+
+    def __str__(self) -> str:
+        width = max([len(m.name) for m in self.modules] + [6])
+        lines = [f"{'module':<{width}}  {'type':<12} {'role':<6} {'new params':>12}"]
+        lines += [f"{m.name:<{width}}  {m.module_type:<12} {m.role:<6} {m.new_parameters:>12,}" for m in self.modules]
+        share = 100.0 * self.new_parameters / max(self.model_parameters, 1)
+        lines.append(
+            f"{self.method}: {len(self.modules)} modules, {self.new_parameters:,} new parameters "
+            f"({share:.4f}% of the model's {self.model_parameters:,})"
+        )
+        return "\n".join(lines)
+
+
+def plan(model: nn.Module, config: PeftConfig) -> Plan:
+    """List what ``config`` would add to ``model`` without changing it."""
+    from peftkit.core.peft_model import PeftModel
+
+    method = method_for_config(config)
+    base = model.base_model if isinstance(model, PeftModel) else model
+    saved = _saved_modules(base, config)
+    modules = _adapted_modules(base, config, method, [m.name for m in saved]) + saved
+    own = sum(p.numel() for n, p in base.named_parameters() if not _inside_adapter_container(base, n))
+    return Plan(method=method.name, model_parameters=own, modules=modules)
+
+
+def _inside_adapter_container(model: nn.Module, param_name: str) -> bool:
+    parts = param_name.split(".")
+    module = model
+    for part in parts[:-1]:
+        if isinstance(module, AdapterLayer) and part != "base_layer":
+            return True
+        module = getattr(module, part)
+    return False
+
+
+def candidate_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Named modules a method may target: adapter layers stand for their base, their insides are hidden."""
+    found, hidden = [], []
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(prefix) for prefix in hidden):
+            continue
+        if isinstance(module, AdapterLayer):
+            hidden.append(name + ".")
+        found.append((name, module))
+    return found
+
+
+def base_of(module: nn.Module) -> nn.Module:
+    while isinstance(module, AdapterLayer):
+        module = module.base_layer
+    return module
+
+
+def _output_heads(model: nn.Module) -> set[str]:
+    heads = set()
+    get_output = getattr(model, "get_output_embeddings", None)
+    output = get_output() if callable(get_output) else None
+    for name, module in model.named_modules():
+        if (output is not None and base_of(module) is output) or name in _HEAD_ATTRIBUTES:
+            heads.add(name)
+    return heads
+
+
+def name_matches(name: str, pattern: list[str] | str) -> bool:
+    """List: exact name or dotted suffix. String: regex full match."""
+    if isinstance(pattern, str):
+        return re.fullmatch(pattern, name) is not None
+    return any(name == p or name.endswith("." + p) for p in pattern)
+
+
+def layer_index(name: str, layers_pattern: list[str] | str | None) -> int | None:
+    patterns = [layers_pattern] if isinstance(layers_pattern, str) else (layers_pattern or [])
+    regexes = [rf"(?:^|.*?\.){re.escape(p)}\.(\d+)(?:\.|$)" for p in patterns] or [r"(?:^|.*?\.)(\d+)(?:\.|$)"]
+    for regex in regexes:
+        match = re.match(regex, name)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def _adapted_modules(
+    model: nn.Module, config: PeftConfig, method: Method, saved: list[str]
+) -> list[PlannedModule]:
+    if not isinstance(config, TargetedConfig):
+        return []
+    candidates = candidate_modules(model)
+    targets = config.target_modules
+    if targets is None:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        targets = method.default_targets.get(model_type)
+        if targets is None:
+            raise ConfigError(
+                f"target_modules is not set and peftkit has no default for model type '{model_type}'; "
+                f"set target_modules (e.g. 'all-linear')"
+            )
+    if targets == ALL_LINEAR:
+        heads = _output_heads(model)
+        matched = [(n, m) for n, m in candidates
+                   if isinstance(base_of(m), (nn.Linear, Conv1D)) and n not in heads]
+    else:
+        matched = [(n, m) for n, m in candidates if name_matches(n, targets)]
+    matched = [(n, m) for n, m in matched if not any(n == s or n.startswith(s + ".") for s in saved)]
+    if config.exclude_modules:
+        matched = [(n, m) for n, m in matched if not name_matches(n, config.exclude_modules)]
+    if config.layers_to_transform is not None:
+        wanted = config.layers_to_transform
+        wanted = {wanted} if isinstance(wanted, int) else set(wanted)
+        matched = [(n, m) for n, m in matched if layer_index(n, config.layers_pattern) in wanted]
+    if not matched:
+        raise ConfigError(_nothing_matched_message(config, targets, candidates, method))
+
+    planned = []
+    unsupported = []
+    for name, module in matched:
+        base = base_of(module)
+        layer_cls = method.layer_for(base)
+        if layer_cls is None:
+            unsupported.append(f"{name} ({type(base).__name__})")
+            continue
+        if isinstance(module, AdapterLayer) and not isinstance(module, layer_cls):
+            raise ConfigError(
+                f"target_modules: '{name}' already holds a {type(module).__name__}; stacking a different method "
+                f"on the same module is not supported"
+            )
+        shapes = layer_cls.expected_shapes(base, config, name)
+        planned.append(PlannedModule(name, type(base).__name__, layer_cls, shapes))
+    if unsupported:
+        raise ConfigError(
+            f"target_modules matched modules that {method.name} cannot wrap: {', '.join(unsupported[:5])}; "
+            f"{method.name} wraps {method.supported_types()}"
+        )
+    return planned
+
+
+def _nothing_matched_message(config, targets, candidates, method: Method) -> str:
+    suffixes = []
+    for name, module in candidates:
+        if method.layer_for(base_of(module)) is not None:
+            last = name.rsplit(".", 1)[-1]
+            if last not in suffixes:
+                suffixes.append(last)
+    examples = [n for n, m in candidates if method.layer_for(base_of(m)) is not None][:3]
+    filters = []
+    if config.exclude_modules:
+        filters.append(f"exclude_modules={config.exclude_modules!r}")
+    if config.layers_to_transform is not None:
+        filters.append(f"layers_to_transform={config.layers_to_transform!r}")
+    after = f" after {' and '.join(filters)}" if filters else ""
+    return (
+        f"target_modules={targets!r} matched no module{after}; {method.supported_types()} modules here "
+        f"end in: {', '.join(suffixes[:12])} (e.g. {', '.join(examples)})"
+    )
+
+
+def _matched_saved(model: nn.Module, config: PeftConfig) -> list[tuple[str, nn.Module]]:
+    requested = list(config.modules_to_save or [])
+    optional = TASK_HEAD_NAMES.get(config.task_type or "", [])
+    candidates = candidate_modules(model)
+    found = []
+    for entry in dict.fromkeys(requested + optional):
+        # peft's rule for modules_to_save is a plain suffix ("norm" also hits "input_layernorm"); kept for
+        # checkpoint compatibility. Modules inside one already chosen are skipped.
+        hits = [(n, m) for n, m in candidates if n.endswith(entry)
+                and not any(n.startswith(f + ".") for f, _ in found)]
+        if not hits and entry in requested and entry not in optional:
+            raise ConfigError(f"modules_to_save: '{entry}' matches no module of {type(model).__name__}")
+        found += [(n, m) for n, m in hits if n not in {f for f, _ in found}]
+    return found
+
+
+def _saved_modules(model: nn.Module, config: PeftConfig) -> list[PlannedModule]:
+    planned = []
+    for name, module in _matched_saved(model, config):
+        if isinstance(module, AdapterLayer) and not isinstance(module, ModulesToSave):
+            raise ConfigError(f"modules_to_save: '{name}' is already adapted by {type(module).__name__}")
+        base = base_of(module)
+        shapes = ModulesToSave.expected_shapes(base, config, name)
+        planned.append(PlannedModule(name, type(base).__name__, ModulesToSave, shapes, role="save"))
+    return planned

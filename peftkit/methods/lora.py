@@ -1,0 +1,356 @@
+"""LoRA and its variants rsLoRA, DoRA and PiSSA on Linear, transformers Conv1D and Embedding modules.
+
+LoRA (Hu et al., 2021, "LoRA: Low-Rank Adaptation of Large Language Models"). For a frozen weight
+W (out × in) and bias b:
+
+    h = W x + b + s · B A dropout(x),     A: r × in,  B: out × r,  s = α / r
+
+* rsLoRA (Kalajdzievski, 2023, "A Rank Stabilization Scaling Factor for Fine-Tuning with LoRA"):
+  s = α / √r.
+* init ``True`` (default): A Kaiming-uniform, B = 0, so the adapted model starts exactly at the
+  pretrained one; ``"gaussian"``: A ~ N(0, 1/r²), B = 0; ``False``: both random (tests only);
+  ``"pissa"`` (Meng et al., 2024, "PiSSA: Principal Singular Values and Singular Vectors Adaptation"):
+  W = U S Vᵀ, B = U_r √(S_r/s), A = √(S_r/s) V_rᵀ, and the base keeps the residual W − s B A
+  (``"pissa_niter_k"``: randomized SVD with k subspace iterations).
+* DoRA (Liu et al., 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation"):
+  W' = m ⊙ (W + s B A) / n,  n = ‖W + s B A‖ per output unit, treated as a constant (detached, §4.3),
+  m initialised to n. Hence h = (m/n) ⊙ (W x + s B A x) + b.
+* Embedding (num × dim): A: r × num, B: dim × r, h = E[x] + s · A[:, x]ᵀ Bᵀ, with A = 0, B ~ N(0, 1);
+  DoRA takes n per embedding dimension.
+
+Conv1D (GPT-2) stores its weight as in × out; the orientation is read from the module type, so
+``fan_in_fan_out`` is kept only for peft's config format.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from peftkit.core.config import TargetedConfig, config_dataclass
+from peftkit.core.errors import ConfigError
+from peftkit.core.layer import AdapterLayer
+from peftkit.core.registry import Method, register_method
+
+# Module names LoRA targets when a config leaves target_modules unset (peft's choices).
+LORA_DEFAULT_TARGETS = {
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "xlm-roberta": ["query", "value"],
+    "electra": ["query", "value"],
+    "distilbert": ["q_lin", "v_lin"],
+    "deberta-v2": ["query_proj", "value_proj"],
+    "gpt2": ["c_attn"],
+    "gpt_neox": ["query_key_value"],
+    "bloom": ["query_key_value"],
+    "llama": ["q_proj", "v_proj"],
+    "mistral": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
+    "gemma": ["q_proj", "v_proj"],
+    "phi": ["q_proj", "v_proj"],
+    "opt": ["q_proj", "v_proj"],
+    "bart": ["q_proj", "v_proj"],
+    "t5": ["q", "v"],
+}
+
+_PISSA = re.compile(r"pissa(?:_niter_(\d+))?")
+
+
+@config_dataclass
+class LoraConfig(TargetedConfig):
+    """LoRA settings, with peft's field names and defaults."""
+
+    peft_type = "LORA"
+    r: int = 8
+    lora_alpha: float = 8
+    lora_dropout: float = 0.0
+    fan_in_fan_out: bool = False
+    bias: str = "none"
+    use_rslora: bool = False
+    use_dora: bool = False
+    init_lora_weights: bool | str = True
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
+
+    # Fields peft 0.21 writes whose default is not simply empty; at these values they change nothing.
+    foreign_defaults = {
+        "megatron_core": "megatron.core",
+        "qalora_group_size": 16,
+        "runtime_config": {"ephemeral_gpu_offload": False},
+    }
+
+    def validate(self) -> None:
+        super().validate()
+        _require_positive("r", self.r, integer=True)
+        _require_positive("lora_alpha", self.lora_alpha)
+        if not isinstance(self.lora_dropout, (int, float)) or not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        if self.bias not in ("none", "all", "lora_only"):
+            raise ConfigError(f"bias must be 'none', 'all' or 'lora_only', got {self.bias!r}")
+        init = self.init_lora_weights
+        if not (isinstance(init, bool) or init == "gaussian" or (isinstance(init, str) and _PISSA.fullmatch(init))):
+            raise ConfigError(
+                f"init_lora_weights must be True, False, 'gaussian', 'pissa' or 'pissa_niter_<k>', got {init!r}"
+            )
+        for pattern, value in self.rank_pattern.items():
+            _require_positive(f"rank_pattern['{pattern}']", value, integer=True)
+        for pattern, value in self.alpha_pattern.items():
+            _require_positive(f"alpha_pattern['{pattern}']", value)
+
+    def rank_for(self, module_name: str) -> int:
+        return _pattern_value(self.rank_pattern, module_name, self.r)
+
+    def alpha_for(self, module_name: str) -> float:
+        return _pattern_value(self.alpha_pattern, module_name, self.lora_alpha)
+
+    def scaling_for(self, module_name: str) -> float:
+        r, alpha = self.rank_for(module_name), self.alpha_for(module_name)
+        return alpha / math.sqrt(r) if self.use_rslora else alpha / r
+
+
+def _require_positive(name: str, value, integer: bool = False) -> None:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
+        kind = "a positive integer" if integer else "positive"
+        raise ConfigError(f"{name} must be {kind}, got {value!r}")
+
+
+def _pattern_value(patterns: dict, module_name: str, default):
+    """peft's rule: the first pattern that matches the end of the module name at a dot boundary."""
+    for pattern, value in patterns.items():
+        if re.match(rf"(?:^|.*\.){pattern}$", module_name):
+            return value
+    return default
+
+
+class _LoraLayer(AdapterLayer):
+    """What Linear and Embedding LoRA share: scaling, the weight delta and DoRA's rescaling.
+
+    ``transposed`` is True when the base stores its weight as in × out (Conv1D, Embedding);
+    ``_product(name)`` returns B A in out × in layout.
+    """
+
+    transposed: bool = False
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__(base_layer)
+        self.lora_magnitude_vector = nn.ParameterDict()
+        self.scaling: dict[str, float] = {}
+        self._norm_at_merge: dict[str, torch.Tensor] = {}
+
+    def _product(self, name: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _out_in(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Switch between the stored layout and out × in (a transpose is its own inverse)."""
+        return tensor.T if self.transposed else tensor
+
+    def _new_tensor_options(self) -> dict:
+        weight = self.base_layer.weight
+        dtype = weight.dtype if weight.dtype.is_floating_point else torch.float32
+        return {"device": weight.device, "dtype": dtype}
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        return self._out_in(self.scaling[name] * self._product(name))
+
+    def _adapted_norm(self, name: str, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """n = ‖W + s B A‖ per output unit, detached as DoRA prescribes."""
+        weight = self.base_layer.weight if weight is None else weight
+        with torch.no_grad():
+            adapted = self._out_in(weight).float() + self.scaling[name] * self._product(name).float()
+            return adapted.norm(dim=1).to(weight.dtype)
+
+    def _magnitude_ratio(self, name: str, norm: torch.Tensor) -> torch.Tensor:
+        """m / n shaped to scale the output units of a weight in its stored layout."""
+        ratio = self.lora_magnitude_vector[name] / norm
+        return ratio.view(1, -1) if self.transposed else ratio.view(-1, 1)
+
+    def _init_magnitude(self, name: str) -> None:
+        self.lora_magnitude_vector[name] = nn.Parameter(self._adapted_norm(name))
+
+    def merged_weight(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        if name not in self.lora_magnitude_vector:
+            return super().merged_weight(name, weight)
+        if self.merged_adapters:
+            raise ConfigError(f"DoRA adapter '{name}' cannot be merged on top of {self.merged_adapters}; unmerge first")
+        norm = self._adapted_norm(name, weight)
+        self._norm_at_merge[name] = norm
+        return self._magnitude_ratio(name, norm).float() * (weight + self.delta_weight(name))
+
+    def unmerged_weight(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        if name not in self.lora_magnitude_vector:
+            return super().unmerged_weight(name, weight)
+        ratio = self._magnitude_ratio(name, self._norm_at_merge.pop(name)).float()
+        return weight / ratio - self.delta_weight(name)
+
+
+def _linear_shape(module: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of a Linear or Conv1D."""
+    if isinstance(module, Conv1D):
+        return module.weight.shape[0], module.weight.shape[1]
+    return module.in_features, module.out_features
+
+
+class LoraLinear(_LoraLayer):
+    """LoRA on ``nn.Linear`` and transformers' ``Conv1D``."""
+
+    adapter_attributes = ("lora_A", "lora_B", "lora_magnitude_vector", "lora_dropout")
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__(base_layer)
+        self.transposed = isinstance(base_layer, Conv1D)
+        self.in_features, self.out_features = _linear_shape(base_layer)
+        self.lora_A = nn.ModuleDict()
+        self.lora_B = nn.ModuleDict()
+        self.lora_dropout = nn.ModuleDict()
+
+    @classmethod
+    def expected_shapes(cls, base_layer: nn.Module, config: LoraConfig, module_name: str) -> dict[str, tuple]:
+        r = config.rank_for(module_name)
+        in_features, out_features = _linear_shape(base_layer)
+        shapes = {"lora_A.weight": (r, in_features), "lora_B.weight": (out_features, r)}
+        if config.use_dora:
+            shapes["lora_magnitude_vector"] = (out_features,)
+        return shapes
+
+    def add_adapter(self, name: str, config: LoraConfig, module_name: str) -> None:
+        r = config.rank_for(module_name)
+        options = self._new_tensor_options()
+        self.lora_A[name] = nn.Linear(self.in_features, r, bias=False, **options)
+        self.lora_B[name] = nn.Linear(r, self.out_features, bias=False, **options)
+        self.lora_dropout[name] = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
+        self.scaling[name] = config.scaling_for(module_name)
+        init = config.init_lora_weights
+        if isinstance(init, str) and init.startswith("pissa"):
+            self._init_pissa(name, r, _PISSA.fullmatch(init).group(1))
+        elif init is not False:
+            if init == "gaussian":
+                nn.init.normal_(self.lora_A[name].weight, std=1 / r)
+            else:
+                nn.init.kaiming_uniform_(self.lora_A[name].weight, a=math.sqrt(5))
+            nn.init.zeros_(self.lora_B[name].weight)
+        if config.use_dora:
+            self._init_magnitude(name)
+
+    @torch.no_grad()
+    def _init_pissa(self, name: str, r: int, niter: str | None) -> None:
+        weight = self.base_layer.weight
+        if not weight.dtype.is_floating_point:
+            raise ConfigError("init_lora_weights='pissa' needs a float base weight; quantize after initialising")
+        w = self._out_in(weight).float()
+        if niter is None:
+            u, s, vh = torch.linalg.svd(w, full_matrices=False)
+            u, s, vh = u[:, :r], s[:r], vh[:r]
+        else:
+            u, s, v = torch.svd_lowrank(w, q=r, niter=int(niter))
+            vh = v.T
+        root = torch.sqrt(s / self.scaling[name])
+        self.lora_A[name].weight.copy_(root[:, None] * vh)
+        self.lora_B[name].weight.copy_(u * root[None, :])
+        residual = w - self.scaling[name] * self._product(name).float()
+        weight.copy_(self._out_in(residual).to(weight.dtype))
+
+    def _product(self, name: str) -> torch.Tensor:
+        return self.lora_B[name].weight @ self.lora_A[name].weight
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        result = self.base_layer(x, *args, **kwargs)
+        for name in self.adapters_to_apply():
+            lora_A = self.lora_A[name]
+            dropped = self.lora_dropout[name](x)
+            update = self.lora_B[name](lora_A(dropped.to(lora_A.weight.dtype))).to(result.dtype)
+            if name in self.lora_magnitude_vector:
+                result = result + self._dora_extra(name, dropped, result if dropped is x else None, update)
+            else:
+                result = torch.add(result, update, alpha=self.scaling[name])
+        return result
+
+    def _dora_extra(self, name: str, x: torch.Tensor, base_out: torch.Tensor | None, update: torch.Tensor):
+        """(m/n − 1) ⊙ W x + (m/n) ⊙ s B A x, added to the base output W x + b."""
+        ratio = (self.lora_magnitude_vector[name] / self._adapted_norm(name)).to(update.dtype)
+        bias = getattr(self.base_layer, "bias", None)
+        if base_out is None:  # dropout changed x, so W x must be recomputed on the dropped input
+            base_out = F.linear(x, self._out_in(self.base_layer.weight))
+        elif bias is not None:
+            base_out = base_out - bias
+        return (ratio - 1) * base_out + ratio * self.scaling[name] * update
+
+
+class LoraEmbedding(_LoraLayer):
+    """LoRA on ``nn.Embedding``: a low-rank table added to the embedding."""
+
+    adapter_attributes = ("lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
+    transposed = True
+
+    def __init__(self, base_layer: nn.Embedding) -> None:
+        super().__init__(base_layer)
+        self.lora_embedding_A = nn.ParameterDict()
+        self.lora_embedding_B = nn.ParameterDict()
+
+    @classmethod
+    def expected_shapes(cls, base_layer: nn.Embedding, config: LoraConfig, module_name: str) -> dict[str, tuple]:
+        if isinstance(config.init_lora_weights, str) and config.init_lora_weights.startswith("pissa"):
+            raise ConfigError(f"init_lora_weights='{config.init_lora_weights}' is not defined for Embedding "
+                              f"'{module_name}'; exclude it or use the default init")
+        r = config.rank_for(module_name)
+        shapes = {
+            "lora_embedding_A": (r, base_layer.num_embeddings),
+            "lora_embedding_B": (base_layer.embedding_dim, r),
+        }
+        if config.use_dora:
+            shapes["lora_magnitude_vector"] = (base_layer.embedding_dim,)
+        return shapes
+
+    def add_adapter(self, name: str, config: LoraConfig, module_name: str) -> None:
+        r = config.rank_for(module_name)
+        base = self.base_layer
+        options = self._new_tensor_options()
+        a = torch.empty(r, base.num_embeddings, **options)
+        b = torch.empty(base.embedding_dim, r, **options)
+        if config.init_lora_weights is False:
+            nn.init.normal_(a)
+        else:
+            nn.init.zeros_(a)
+        nn.init.normal_(b)
+        self.lora_embedding_A[name] = nn.Parameter(a)
+        self.lora_embedding_B[name] = nn.Parameter(b)
+        self.scaling[name] = config.scaling_for(module_name)
+        if config.use_dora:
+            self._init_magnitude(name)
+
+    def _product(self, name: str) -> torch.Tensor:
+        return self.lora_embedding_B[name] @ self.lora_embedding_A[name]
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        result = self.base_layer(x, *args, **kwargs)
+        base = self.base_layer
+        embed_scale = getattr(base, "embed_scale", None)  # scaled embeddings (e.g. Gemma) scale the update too
+        for name in self.adapters_to_apply():
+            rows = F.embedding(x, self.lora_embedding_A[name].T, padding_idx=base.padding_idx, max_norm=base.max_norm,
+                               norm_type=base.norm_type, scale_grad_by_freq=base.scale_grad_by_freq,
+                               sparse=base.sparse)
+            update = (rows @ self.lora_embedding_B[name].T) * self.scaling[name]
+            if embed_scale is not None:
+                update = update * embed_scale.to(update.dtype)
+            if name in self.lora_magnitude_vector:
+                ratio = self.lora_magnitude_vector[name] / self._adapted_norm(name)
+                result = ratio * (result + update)
+            else:
+                result = result + update
+        return result
+
+
+register_method(
+    Method(
+        name="lora",
+        config_cls=LoraConfig,
+        layers={nn.Linear: LoraLinear, Conv1D: LoraLinear, nn.Embedding: LoraEmbedding},
+        default_targets=LORA_DEFAULT_TARGETS,
+    )
+)

@@ -1,0 +1,80 @@
+"""Tiny random-initialised transformers models built in memory (no downloads) and shared helpers."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    logging,
+)
+
+logging.set_verbosity_error()
+
+VOCAB = 120
+
+
+def tiny_model(kind: str) -> torch.nn.Module:
+    """The same weights every call (seeded), in eval mode so dropout does not blur comparisons."""
+    torch.manual_seed(0)
+    if kind == "bert":
+        config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=48, max_position_embeddings=64, num_labels=3)
+        model = BertForSequenceClassification(config)
+    elif kind == "gpt2":
+        config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                            bos_token_id=0, eos_token_id=0, pad_token_id=0)
+        model = GPT2LMHeadModel(config)
+    elif kind == "llama":
+        config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                             bos_token_id=0, eos_token_id=0, pad_token_id=0)
+        model = LlamaForCausalLM(config)
+    else:
+        raise ValueError(kind)
+    return model.eval()
+
+
+def tiny_batch(batch: int = 2, length: int = 9) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(1, VOCAB, (batch, length), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[0, -2:] = 0
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def logits(model: torch.nn.Module, batch: dict | None = None) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**(batch or tiny_batch())).logits
+
+
+def randomize_trainable(model: torch.nn.Module, seed: int = 2, scale: float = 0.2) -> None:
+    """Give every trainable tensor non-trivial values (LoRA's B starts at zero, which hides bugs)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, parameter in sorted(model.named_parameters()):
+            if parameter.requires_grad:
+                parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
+
+
+def assert_changed(new: torch.Tensor, old: torch.Tensor, at_least: float = 0.01) -> None:
+    """The outputs differ by more than ``at_least`` of their scale (so an adapter really acts)."""
+    assert (new - old).abs().max() > at_least * old.abs().max()
+
+
+MODEL_KINDS = ["bert", "gpt2", "llama"]
+ATTENTION_TARGETS = {"bert": ["query", "value"], "gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]}
+
+
+@pytest.fixture(params=MODEL_KINDS)
+def kind(request) -> str:
+    return request.param
