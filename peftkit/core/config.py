@@ -53,6 +53,8 @@ class PeftConfig:
     inference_mode: bool = False
     modules_to_save: list[str] | None = None
 
+    # Names users often write for a field, for the hint in the unknown-field error.
+    field_aliases: ClassVar[dict[str, str]] = {}
     # Unknown fields written by peft and their defaults there, for forgiving reads (see module docstring).
     foreign_defaults: ClassVar[dict[str, Any]] = {}
 
@@ -73,8 +75,8 @@ class PeftConfig:
         known = cls.field_names()
         for name in values:
             if name not in known:
-                hint = difflib.get_close_matches(name, known, n=1)
-                suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+                hint = cls.field_aliases.get(name) or next(iter(difflib.get_close_matches(name, known, n=1)), None)
+                suggestion = f" (did you mean '{hint}'?)" if hint else ""
                 raise ConfigError(
                     f"unknown field '{name}' for {cls.__name__}{suggestion}; known fields: {', '.join(known)}"
                 )

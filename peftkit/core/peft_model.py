@@ -98,6 +98,7 @@ class PeftModel(nn.Module):
                     module.active_adapters = [self.active_adapter] if self.active_adapter else []
                     self._replace(item.name, module)
                 module.add_adapter(adapter_name, config, item.name)
+                module.train(module.base_layer.training)  # new dropout follows the model's train / eval mode
         except BaseException:
             self._remove_from_layers(adapter_name)
             raise
@@ -191,9 +192,19 @@ class PeftModel(nn.Module):
     def merge_adapter(self, safe_merge: bool = False) -> None:
         """Fold the active adapter into the base weights; ``unmerge_adapter`` takes it out again."""
         layers = [layer for _, layer in self.adapter_layers()]
-        for layer in layers:
-            if layer.adapters_to_apply():
-                layer.check_mergeable()
+        owners: dict[int, list[str]] = {}
+        for name, parameter in self.base_model.named_parameters(remove_duplicate=False):
+            owners.setdefault(id(parameter), []).append(name)
+        for path, layer in self.adapter_layers():
+            if not layer.adapters_to_apply():
+                continue
+            layer.check_mergeable()
+            sharing = owners.get(id(getattr(layer.base_layer, "weight", None)), [])
+            if len(sharing) > 1:
+                raise ConfigError(
+                    f"cannot merge into '{path}': its weight is tied to {', '.join(sharing[1:])}, which would change "
+                    f"too; exclude it from target_modules or untie the weights first"
+                )
         try:
             for layer in layers:
                 layer.merge(layer.active_adapters, safe_merge=safe_merge)

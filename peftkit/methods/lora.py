@@ -78,6 +78,7 @@ class LoraConfig(TargetedConfig):
     rank_pattern: dict[str, int] = field(default_factory=dict)
     alpha_pattern: dict[str, float] = field(default_factory=dict)
 
+    field_aliases = {"rank": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "targets": "target_modules"}
     # Fields peft 0.21 writes whose default is not simply empty; at these values they change nothing.
     foreign_defaults = {
         "megatron_core": "megatron.core",
