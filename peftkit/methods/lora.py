@@ -20,6 +20,10 @@ W (out × in) and bias b:
 
 Conv1D (GPT-2) stores its weight as in × out; the orientation is read from the module type, so
 ``fan_in_fan_out`` is kept only for peft's config format.
+
+With dropout in training, the update runs through ``DroppedLowRank``: it saves x (shared by q, k and
+v), a one-byte mask and the r-wide activation, where a plain ``B(A(dropout(x)))`` also keeps a dropped
+copy of x for every adapted module; its mask comes from 16-bit random numbers (``dropped_positions``).
 """
 
 from __future__ import annotations
@@ -191,6 +195,51 @@ class _LoraLayer(AdapterLayer):
         return weight / ratio - self.delta_weight(name)
 
 
+def dropped_positions(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
+    """Which entries of x dropout zeroes, and the scale 1/(1 − p') for the rest.
+
+    Each position is dropped with probability p' = round(p·2¹⁶)/2¹⁶ (|p' − p| < 8e-6), decided by a
+    16-bit random number; one 64-bit draw of torch's generator gives four, which makes the mask about
+    four times cheaper on a CPU than ``bernoulli_``.
+    """
+    threshold = round(p * 65536)
+    count = x.numel()
+    bits = torch.randint(-(2**63), 2**63 - 1, ((count + 3) // 4,), dtype=torch.int64, device=x.device)
+    draws = bits.view(torch.int16)[:count].view(x.shape)  # uniform on [-32768, 32767]
+    return draws < threshold - 32768, 65536 / (65536 - threshold)
+
+
+class DroppedLowRank(torch.autograd.Function):
+    """Δ = s · B A dropout(x), saving x, the dropped positions (one byte each) and A·dropout(x).
+
+    The dropped copy of x (as large as x) is rebuilt from x and the positions in backward instead of
+    being kept, and dropout's 1/(1 − p) is applied on the r-wide side.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight_a, weight_b, scaling: float, p: float):
+        dropped, keep_scale = dropped_positions(x, p)
+        low = F.linear(x.masked_fill(dropped, 0), weight_a).mul_(keep_scale)
+        ctx.save_for_backward(x, dropped, weight_a, weight_b, low)
+        ctx.scaling, ctx.keep_scale = scaling, keep_scale
+        return F.linear(low, weight_b).mul_(scaling)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, dropped, weight_a, weight_b, low = ctx.saved_tensors
+        grad_low = (grad_out @ weight_b).mul_(ctx.scaling)
+        grad_x = grad_a = grad_b = None
+        if ctx.needs_input_grad[2]:
+            grad_b = (grad_out.reshape(-1, grad_out.shape[-1]).T @ low.reshape(-1, low.shape[-1])).mul_(ctx.scaling)
+        grad_low = grad_low.mul_(ctx.keep_scale)
+        if ctx.needs_input_grad[1]:
+            kept_x = x.masked_fill(dropped, 0)
+            grad_a = grad_low.reshape(-1, grad_low.shape[-1]).T @ kept_x.reshape(-1, x.shape[-1])
+        if ctx.needs_input_grad[0]:
+            grad_x = (grad_low @ weight_a).masked_fill_(dropped, 0)
+        return grad_x, grad_a, grad_b, None, None
+
+
 def _linear_shape(module: nn.Module) -> tuple[int, int]:
     """(in_features, out_features) of a Linear or Conv1D."""
     if isinstance(module, Conv1D):
@@ -264,7 +313,13 @@ class LoraLinear(_LoraLayer):
         result = self.base_layer(x, *args, **kwargs)
         for name in self.adapters_to_apply():
             lora_A = self.lora_A[name]
-            dropped = self.lora_dropout[name](x)
+            dropout = self.lora_dropout[name]
+            if self.training and isinstance(dropout, nn.Dropout) and name not in self.lora_magnitude_vector:
+                update = DroppedLowRank.apply(x.to(lora_A.weight.dtype), lora_A.weight, self.lora_B[name].weight,
+                                              self.scaling[name], dropout.p)
+                result = update.to(result.dtype).add_(result)  # reuses the fresh update's buffer
+                continue
+            dropped = dropout(x)
             update = self.lora_B[name](lora_A(dropped.to(lora_A.weight.dtype))).to(result.dtype)
             if name in self.lora_magnitude_vector:
                 result = result + self._dora_extra(name, dropped, result if dropped is x else None, update)

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peftkit import ConfigError, LoraConfig, get_peft_model
-from peftkit.methods.lora import LoraEmbedding, LoraLinear
+from peftkit.methods.lora import DroppedLowRank, LoraEmbedding, LoraLinear, dropped_positions
 from tests.conftest import (
     ATTENTION_TARGETS,
     MODEL_KINDS,
@@ -112,3 +112,48 @@ def test_merge_then_unmerge_restores_weights_and_merged_outputs_match(kind, r, a
     for name, parameter in model.named_parameters():
         assert torch.allclose(parameter, weights[name], atol=1e-5), name
     assert torch.allclose(logits(model), unmerged, atol=1e-5)
+
+
+def test_dropout_path_matches_autograd_through_the_same_mask_in_float64():
+    x = torch.randn(2, 5, 7, dtype=torch.float64, requires_grad=True)
+    a = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(1)
+    out = DroppedLowRank.apply(x, a, b, 0.7, 0.3)
+    grad = torch.randn_like(out)
+    ours = torch.autograd.grad(out, (x, a, b), grad)
+    torch.manual_seed(1)
+    dropped, keep_scale = dropped_positions(x, 0.3)
+    reference = 0.7 * ((x * ~dropped * keep_scale) @ a.T) @ b.T
+    expected = torch.autograd.grad(reference, (x, a, b), grad)
+    assert (out - reference).abs().max() <= 1e-12
+    for got, want in zip(ours, expected, strict=True):
+        assert (got - want).abs().max() <= 1e-12
+
+
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
+def test_dropout_drops_the_requested_fraction(p):
+    dropped, keep_scale = dropped_positions(torch.empty(400_000), p)
+    assert dropped.float().mean().item() == pytest.approx(p, abs=0.003)
+    assert keep_scale == pytest.approx(1 / (1 - p), rel=1e-4)
+
+
+def test_dropout_path_saves_less_for_backward_than_a_dropped_copy_per_module():
+    def saved_bytes(model):
+        storages = {}
+
+        def pack(tensor):
+            storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(**tiny_batch(batch=8, length=32)).logits.sum()
+        return sum(storages.values())
+
+    settings = {"r": 4, "target_modules": ["q_proj", "k_proj", "v_proj"]}
+    plain = get_peft_model(tiny_model("llama"), LoraConfig(**settings)).train()
+    dropped = get_peft_model(tiny_model("llama"), LoraConfig(lora_dropout=0.1, **settings)).train()
+    # q, k and v share one input; a dropped float copy per module would add 3 x 4 bytes per input element,
+    # the masks add 3 x 1 byte
+    inputs = 2 * 8 * 32 * 32
+    assert saved_bytes(dropped) - saved_bytes(plain) <= 3 * inputs + 4096

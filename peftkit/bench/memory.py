@@ -1,0 +1,45 @@
+"""Process memory readings that stay honest when the process was started by a large parent.
+
+``ru_maxrss`` is inherited across fork + exec on Linux, so a worker started by a big benchmark
+process reports the parent's peak. The kernel's per-address-space high-water mark (``VmHWM`` in
+``/proc/self/status``) starts fresh at exec and can be reset (``/proc/self/clear_refs``), so it
+measures the peak of exactly the code that ran since.
+"""
+
+from __future__ import annotations
+
+import resource
+from pathlib import Path
+
+STATUS = Path("/proc/self/status")
+
+
+def _status_mib(field: str) -> float | None:
+    try:
+        for line in STATUS.read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        return None
+    return None
+
+
+def rss_mib() -> float:
+    """Resident memory now."""
+    value = _status_mib("VmRSS")
+    return value if value is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process (since start or the last ``reset_peak_rss``)."""
+    value = _status_mib("VmHWM")
+    return value if value is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Start a new peak measurement from the current RSS; False where the kernel does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False

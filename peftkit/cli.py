@@ -1,0 +1,223 @@
+"""The ``peftkit`` command: train, eval, plan, info, merge.
+
+Bad input (a missing file or column, a config value, a model folder that isn't there) ends with a
+one-line ``peftkit: error: …`` and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local folders only; a hub name fails fast instead of hanging
+
+import yaml  # noqa: E402
+
+from peftkit.core.errors import ConfigError, PeftkitError  # noqa: E402
+
+EXIT_BAD_INPUT = 2
+
+
+def _option_pairs(pairs: list[str]) -> dict:
+    """``-o r=16 -o target_modules=[query,value]``: values parsed as YAML scalars / lists."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"method option '{pair}' must look like KEY=VALUE")
+        try:
+            options[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"method option '{pair}': cannot read the value") from None
+    return options
+
+
+def _read_config_file(path: str) -> dict:
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        values = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML/JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of option names to values")
+    return {key.replace("-", "_"): value for key, value in values.items()}
+
+
+def _train_options(args: argparse.Namespace):
+    from peftkit.recipes.classification import TrainOptions
+
+    fields = {f.name for f in dataclasses.fields(TrainOptions)}
+    values = _read_config_file(args.config) if args.config else {}
+    if "adapter" in values:
+        values["method_options"] = values.pop("adapter")
+    for key in values:
+        if key not in fields:
+            raise ConfigError(f"{args.config}: unknown option '{key}' (options: {', '.join(sorted(fields))})")
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    method_options = {**values.get("method_options", {}), **_option_pairs(args.option or [])}
+    return TrainOptions(**{**values, **given, "method_options": method_options})
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from peftkit.core.pretrained import BUNDLED_NAME, bundled_model_dir
+    from peftkit.recipes.classification import train_classifier
+
+    options = _train_options(args)
+    result = train_classifier(options)
+    model_name = BUNDLED_NAME if result.model_dir == bundled_model_dir() else str(result.model_dir)
+    data_name = options.train or "SST-2 (bundled)"
+    share = 100 * result.trainable_parameters / result.total_parameters
+    minutes, seconds = divmod(result.wall_seconds, 60)
+    print(f"\npeftkit train: {result.method} on {model_name}, {data_name}: {result.train_examples:,} training / "
+          f"{result.eval_examples:,} evaluation examples, {len(result.labels)} labels")
+    print(f"  trainable parameters: {result.trainable_parameters:,} of {result.total_parameters:,} ({share:.2f}%)")
+    print(f"  {'dev' if not options.train else 'eval'} accuracy:  {result.accuracy:.4f} "
+          f"({result.correct}/{result.eval_examples})")
+    print(f"  wall time:            {int(minutes)}m {seconds:04.1f}s (training {result.train_seconds:.1f}s)")
+    print(f"  peak memory:          {result.peak_memory_mib:,.0f} MiB")
+    print(f"  adapter saved to:     {result.output}/ (peft format: peft.PeftModel.from_pretrained reads it)")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from peftkit.recipes.classification import evaluate_adapter
+
+    result = evaluate_adapter(args.adapter, args.eval, model=args.model, batch_size=args.batch_size)
+    print(f"accuracy: {result.accuracy:.4f} ({result.correct}/{result.examples}) on {args.eval}")
+    return 0
+
+
+def _load_model_for(task: str, model: str | None, labels: int = 2):
+    from transformers import AutoModelForCausalLM
+
+    from peftkit.core.pretrained import load_sequence_classifier, resolve_model_dir
+
+    model_dir = resolve_model_dir(model)
+    if task == "causal-lm":
+        return AutoModelForCausalLM.from_pretrained(model_dir)
+    return load_sequence_classifier(model_dir, [str(i) for i in range(labels)])[1]
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from peftkit.core.targets import plan
+    from peftkit.recipes.classification import method_config
+
+    options = _read_config_file(args.config).get("method_options", {}) if args.config else {}
+    options = {**options, **_option_pairs(args.option or [])}
+    task_type = "SEQ_CLS" if args.task == "classification" else "CAUSAL_LM"
+    config = method_config(args.method, options, task_type)
+    print(plan(_load_model_for(args.task, args.model), config))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from peftkit.core.checkpoint import read_adapter_config, read_adapter_weights
+
+    config = read_adapter_config(args.adapter)
+    tensors, path = read_adapter_weights(args.adapter)
+    parameters = sum(t.numel() for t in tensors.values())
+    print(f"adapter:     {args.adapter}")
+    print(f"method:      {config['peft_type']}")
+    print(f"base model:  {config.get('base_model_name_or_path')}")
+    for key in ("task_type", "r", "lora_alpha", "lora_dropout", "use_dora", "use_rslora", "target_modules",
+                "modules_to_save"):
+        if config.get(key) not in (None, False):
+            print(f"{key + ':':<12} {config[key]}")
+    print(f"tensors:     {len(tensors)} in {path.name}, {parameters:,} parameters, "
+          f"{path.stat().st_size / 1024:,.1f} KiB")
+    task_file = Path(args.adapter) / "peftkit_task.json"
+    if task_file.is_file():
+        from peftkit.core.checkpoint import read_json
+
+        print(f"labels:      {', '.join(read_json(task_file)['labels'])}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from peftkit.core.checkpoint import CONFIG_NAME, read_json
+    from peftkit.core.peft_model import PeftModel
+    from peftkit.core.pretrained import load_sequence_classifier, resolve_model_dir
+    from peftkit.recipes.classification import TASK_FILE
+
+    adapter = Path(args.adapter)
+    base_name = read_json(adapter / CONFIG_NAME, "adapter config").get("base_model_name_or_path")
+    labels = read_json(adapter / TASK_FILE, "peftkit task file")["labels"]
+    tokenizer, base = load_sequence_classifier(resolve_model_dir(args.model or base_name), labels)
+    merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+    merged.save_pretrained(args.output)
+    tokenizer.save_pretrained(args.output)
+    print(f"merged model saved to {args.output}/ (an ordinary transformers model folder)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="peftkit", description="Parameter-efficient fine-tuning.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="fine-tune an adapter for text classification",
+                                description="With no arguments: LoRA on the bundled all-MiniLM-L6-v2, SST-2.")
+    train.add_argument("--train", help="training file (CSV, TSV, JSONL); default: bundled SST-2")
+    train.add_argument("--eval", help="evaluation file; default: SST-2 dev, or 10%% held out of --train")
+    train.add_argument("--model", help="local transformers model folder; default: bundled all-MiniLM-L6-v2")
+    train.add_argument("--method", help="PEFT method (default: lora)")
+    train.add_argument("--epochs", type=float)
+    train.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--max-length", type=int, help="tokens per example (default 128)")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--output", help="adapter folder to write (default: peftkit-adapter)")
+    train.add_argument("--text-column")
+    train.add_argument("--text-pair-column")
+    train.add_argument("--label-column")
+    train.add_argument("--config", help="YAML or JSON file of these options; command-line flags override it")
+    train.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
+                       help="method setting, e.g. -o r=16 -o target_modules=[query,value]")
+    train.set_defaults(run=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="score a saved classification adapter on a labelled file")
+    evaluate.add_argument("--adapter", required=True)
+    evaluate.add_argument("--eval", required=True)
+    evaluate.add_argument("--model", help="base model folder (default: the one recorded in the adapter)")
+    evaluate.add_argument("--batch-size", type=int, default=128)
+    evaluate.set_defaults(run=cmd_eval)
+
+    planner = commands.add_parser("plan", help="list the modules a method config would hit, changing nothing")
+    planner.add_argument("--model")
+    planner.add_argument("--method", default="lora")
+    planner.add_argument("--task", choices=["classification", "causal-lm"], default="classification")
+    planner.add_argument("--config")
+    planner.add_argument("-o", "--option", action="append", metavar="KEY=VALUE")
+    planner.set_defaults(run=cmd_plan)
+
+    info = commands.add_parser("info", help="describe an adapter folder")
+    info.add_argument("adapter")
+    info.set_defaults(run=cmd_info)
+
+    merge = commands.add_parser("merge", help="fold a classification adapter into its base model and save it")
+    merge.add_argument("--adapter", required=True)
+    merge.add_argument("--output", required=True)
+    merge.add_argument("--model")
+    merge.set_defaults(run=cmd_merge)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    try:
+        return args.run(args)
+    except PeftkitError as exc:
+        print(f"peftkit: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("peftkit: interrupted", file=sys.stderr)
+        return 130

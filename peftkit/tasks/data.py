@@ -1,0 +1,72 @@
+"""Reading labelled rows from CSV, TSV, JSON Lines or a JSON array, with errors that name the file."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from peftkit.core.errors import DataError
+
+READERS = (".csv", ".tsv", ".jsonl", ".json")
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """All rows of a data file as dicts; the format comes from the suffix."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: data file not found")
+    suffix = path.suffix.lower()
+    if suffix not in READERS:
+        raise DataError(f"{path}: unsupported file type '{suffix}'; use one of {', '.join(READERS)}")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if suffix in (".csv", ".tsv"):
+        rows = _read_delimited(path, text, "\t" if suffix == ".tsv" else ",")
+    elif suffix == ".json" and text.lstrip().startswith("["):
+        rows = _read_json_array(path, text)
+    else:
+        rows = _read_json_lines(path, text)
+    if not rows:
+        raise DataError(f"{path}: the file holds no rows")
+    return rows
+
+
+def _read_delimited(path: Path, text: str, delimiter: str) -> list[dict]:
+    reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
+    if not reader.fieldnames:
+        return []
+    rows = []
+    for number, row in enumerate(reader, start=2):
+        if None in row or any(value is None for value in row.values()):
+            fields = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None, []))
+            raise DataError(f"{path}:{number}: the row has {fields} fields, the header {len(reader.fieldnames)}")
+        rows.append(row)
+    return rows
+
+
+def _read_json_lines(path: Path, text: str) -> list[dict]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
+        rows.append(row)
+    return rows
+
+
+def _read_json_array(path: Path, text: str) -> list[dict]:
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not all(isinstance(row, dict) for row in rows):
+        raise DataError(f"{path}: expected a JSON array of objects")
+    return rows

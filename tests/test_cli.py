@@ -1,0 +1,120 @@
+"""The ``peftkit`` command end to end on a tiny BERT folder (with a real WordPiece tokenizer)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+from peftkit.cli import main
+
+WORDS = ["good", "great", "fine", "bad", "awful", "poor", "movie", "film", "plot", "the", "a", "was", "very"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)}).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=48, max_position_embeddings=32)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for i in range(160):
+        positive = i % 2 == 0
+        word = ["good", "great", "fine"] if positive else ["bad", "awful", "poor"]
+        noun = ["movie", "film", "plot"][int(torch.randint(3, (1,), generator=generator))]
+        rows.append({"review": f"the {noun} was very {word[i % 3]}", "sentiment": "pos" if positive else "neg"})
+    (folder / "train.csv").write_text("review,sentiment\n" + "".join(f"{r['review']},{r['sentiment']}\n"
+                                                                     for r in rows[:120]))
+    (folder / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[120:]))
+    return folder
+
+
+def test_train_on_a_users_csv_then_eval_info_and_merge(model_dir, data, tmp_path, capsys):
+    out = tmp_path / "adapter"
+    code = main(["train", "--model", str(model_dir), "--train", str(data / "train.csv"), "--eval",
+                 str(data / "dev.jsonl"), "--text-column", "review", "--label-column", "sentiment", "--epochs", "8",
+                 "--lr", "3e-3", "--batch-size", "16", "--output", str(out), "-o", "r=4"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    accuracy = float(printed.split("eval accuracy:")[1].split()[0])
+    assert accuracy >= 0.9
+    assert "trainable parameters:" in printed and "peak memory:" in printed and str(out) in printed
+    assert (out / "adapter_model.safetensors").is_file() and (out / "peftkit_task.json").is_file()
+
+    assert main(["eval", "--adapter", str(out), "--eval", str(data / "dev.jsonl")]) == 0
+    assert f"accuracy: {accuracy:.4f}" in capsys.readouterr().out
+
+    assert main(["info", str(out)]) == 0
+    info = capsys.readouterr().out
+    assert "LORA" in info and "labels:      neg, pos" in info
+
+    assert main(["merge", "--adapter", str(out), "--output", str(tmp_path / "merged")]) == 0
+    merged = BertForSequenceClassification.from_pretrained(tmp_path / "merged")
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+
+
+def test_config_file_with_command_line_overrides(model_dir, data, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {model_dir}\ntrain: {data / 'train.csv'}\ntext-column: review\n"
+                      f"label_column: sentiment\nepochs: 1\nadapter:\n  r: 2\n  target_modules: [query]\n")
+    out = tmp_path / "adapter"
+    assert main(["train", "--config", str(config), "--output", str(out), "-o", "r=3"]) == 0
+    saved = json.loads((out / "adapter_config.json").read_text())
+    assert saved["r"] == 3 and saved["target_modules"] == ["query"]
+    assert "12 evaluation examples" in capsys.readouterr().out  # 10% of 120 held out when no --eval
+
+
+def test_plan_lists_modules_without_training(model_dir, capsys):
+    assert main(["plan", "--model", str(model_dir), "-o", "target_modules=all-linear", "-o", "r=2"]) == 0
+    printed = capsys.readouterr().out
+    assert "bert.encoder.layer.1.output.dense" in printed and "classifier" in printed
+
+
+USER_DATA = ["--model", "MODEL", "--train", "TRAIN", "--text-column", "review", "--label-column", "sentiment"]
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["train", "--model", "MODEL", "--train", "missing.csv"], "missing.csv: data file not found"),
+    (["train", "--model", "org/some-hub-model"], "model folder 'org/some-hub-model' not found"),
+    (["train", "--model", "MODEL", "--train", "TRAIN", "--label-column", "stars"],
+     "column 'stars' (--label-column) not found"),
+    (["train", *USER_DATA, "-o", "lora_dropout=1.5"], "lora_dropout must be in [0, 1)"),
+    (["train", *USER_DATA, "-o", "target_modules=[nothing]"], "matched no module"),
+    (["train", *USER_DATA, "-o", "rank=4"], "unknown field 'rank' for LoraConfig (did you mean 'r'?)"),
+    (["train", "--config", "nope.yaml"], "nope.yaml: config file not found"),
+    (["eval", "--adapter", "no-adapter", "--eval", "x.csv"], "no-adapter/adapter_config.json: adapter config not found"),
+    (["info", "no-adapter"], "adapter folder not found"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(arguments, message, model_dir, data, capsys):
+    arguments = [{"MODEL": str(model_dir), "TRAIN": str(data / "train.csv")}.get(a, a) for a in arguments]
+    assert main(arguments) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("peftkit: error:") and message in error and "\n" not in error
+
+
+def test_unseen_eval_label_is_named(model_dir, data, tmp_path, capsys):
+    dev = tmp_path / "dev.csv"
+    dev.write_text("review,sentiment\ngood film,pos\nbad film,meh\n")
+    code = main(["train", "--model", str(model_dir), "--train", str(data / "train.csv"), "--eval", str(dev),
+                 "--text-column", "review", "--label-column", "sentiment"])
+    assert code == 2
+    assert "label 'meh' (row 2) never appears in the training data" in capsys.readouterr().err
+
+
+def test_the_installed_command_exits_2_without_a_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "peftkit", "train", "--train", str(tmp_path / "none.jsonl")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "none.jsonl: data file not found" in result.stderr
