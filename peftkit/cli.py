@@ -127,8 +127,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"base model:  {config.get('base_model_name_or_path')}")
     for key in ("task_type", "r", "lora_alpha", "lora_dropout", "use_dora", "use_rslora", "target_modules",
                 "modules_to_save"):
-        if config.get(key) not in (None, False):
-            print(f"{key + ':':<12} {config[key]}")
+        value = config.get(key)
+        if isinstance(value, list) and len(value) > 6:
+            endings = sorted({name.rsplit(".", 1)[-1] for name in value})
+            value = f"{len(value)} modules ending in {', '.join(endings)}"
+        if value not in (None, False):
+            print(f"{key + ':':<12} {value}")
     print(f"tensors:     {len(tensors)} in {path.name}, {parameters:,} parameters, "
           f"{path.stat().st_size / 1024:,.1f} KiB")
     task_file = Path(args.adapter) / "peftkit_task.json"

@@ -9,6 +9,7 @@ format and loaded from it. Whatever fails because of bad input fails before the 
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import warnings
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ from peftkit.core.errors import ConfigError
 from peftkit.core.layer import AdapterLayer
 from peftkit.core.modules_to_save import ModulesToSave
 from peftkit.core.registry import method_by_peft_type
-from peftkit.core.targets import Plan, base_of as _base_of, plan
+from peftkit.core.targets import ALL_LINEAR, Plan, base_of as _base_of, plan
 
 
 def get_peft_model(model: nn.Module, config: PeftConfig, adapter_name: str = "default") -> PeftModel:
@@ -88,6 +89,10 @@ class PeftModel(nn.Module):
             raise ConfigError(f"adapter name '{adapter_name}' must be non-empty and hold no '.' or '/'")
 
     def _inject(self, adapter_name: str, config: PeftConfig, the_plan: Plan) -> None:
+        config = copy.deepcopy(config)  # the model keeps its own; the caller's config stays as written
+        if getattr(config, "target_modules", None) == ALL_LINEAR:
+            # saved as the module names it meant here, so every reader (peft included) hits the same ones
+            config.target_modules = [item.name for item in the_plan.modules if item.role == "adapt"]
         if config.base_model_name_or_path is None:
             config.base_model_name_or_path = getattr(self.base_model, "name_or_path", None) or None
         try:

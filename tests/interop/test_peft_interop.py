@@ -117,3 +117,16 @@ def test_peft_config_fields_peftkit_lacks_are_ignored_with_a_warning_naming_them
     with pytest.warns(UserWarning, match="use_qalora") as caught:
         peftkit.PeftModel.from_pretrained(tiny_model("bert"), tmp_path)
     assert "layer_replication" in str(caught[0].message)
+
+
+def test_all_linear_is_saved_as_the_module_names_it_meant_so_peft_hits_the_same(tmp_path):
+    config = peftkit.LoraConfig(r=2, target_modules="all-linear")
+    ours = peftkit.get_peft_model(tiny_model("bert"), config)
+    ours.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())["target_modules"]
+    assert config.target_modules == "all-linear"  # the caller's config is left as written
+    assert "classifier" not in saved and len(saved) == 13
+    theirs = peft.PeftModel.from_pretrained(tiny_model("bert"), tmp_path)
+    wrapped = {name.removeprefix("base_model.model.") for name, module in theirs.named_modules()
+               if hasattr(module, "lora_A") and not name.endswith((".lora_A", ".lora_B"))}
+    assert wrapped == set(saved)
