@@ -94,11 +94,18 @@ USER_DATA = ["--model", "MODEL", "--train", "TRAIN", "--text-column", "review", 
     (["train", *USER_DATA, "-o", "target_modules=[nothing]"], "matched no module"),
     (["train", *USER_DATA, "-o", "rank=4"], "unknown field 'rank' for LoraConfig (did you mean 'r'?)"),
     (["train", "--config", "nope.yaml"], "nope.yaml: config file not found"),
+    (["train", "--config", "CONFIG:epochz: 2"], "unknown option 'epochz'"),
+    (["train", "--config", "CONFIG:adapter: {rank: 4}"], "unknown field 'rank' for LoraConfig"),
+    (["train", "--config", "CONFIG:epochs: [1"], "not valid YAML/JSON"),
     (["eval", "--adapter", "no-adapter", "--eval", "x.csv"], "no-adapter/adapter_config.json: adapter config not found"),
     (["info", "no-adapter"], "adapter folder not found"),
 ])
-def test_bad_input_is_one_line_and_exit_code_2(arguments, message, model_dir, data, capsys):
+def test_bad_input_is_one_line_and_exit_code_2(arguments, message, model_dir, data, tmp_path, capsys):
     arguments = [{"MODEL": str(model_dir), "TRAIN": str(data / "train.csv")}.get(a, a) for a in arguments]
+    if arguments[-1].startswith("CONFIG:"):
+        (tmp_path / "run.yaml").write_text(f"model: {model_dir}\ntrain: {data / 'train.csv'}\n"
+                                           + arguments[-1].removeprefix("CONFIG:") + "\n")
+        arguments[-1] = str(tmp_path / "run.yaml")
     assert main(arguments) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("peftkit: error:") and message in error and "\n" not in error
