@@ -32,7 +32,7 @@ from peftkit.core.errors import ConfigError
 from peftkit.core.layer import AdapterLayer
 from peftkit.core.modules_to_save import ModulesToSave
 from peftkit.core.registry import method_by_peft_type
-from peftkit.core.targets import ALL_LINEAR, Plan, base_of as _base_of, plan
+from peftkit.core.targets import ALL_LINEAR, Plan, base_of as _base_of, inside_adapter_container, plan
 
 
 def get_peft_model(model: nn.Module, config: PeftConfig, adapter_name: str = "default") -> PeftModel:
@@ -230,9 +230,8 @@ class PeftModel(nn.Module):
         """Return the base model without any adapter (nothing merged)."""
         self.unmerge_adapter()
         for _, layer in self.adapter_layers():
-            layer.adapters_disabled = True
-        model = self._unwrap_all()
-        return model
+            layer.adapters_disabled = True  # so modules_to_save hand back their original module
+        return self._unwrap_all()
 
     def _unwrap_all(self) -> nn.Module:
         for name, layer in list(self.adapter_layers()):
@@ -260,10 +259,7 @@ class PeftModel(nn.Module):
         """Base parameters, without adapter tensors or modules_to_save copies and originals."""
         hidden = [path + "." for path, layer in self.adapter_layers() if isinstance(layer, ModulesToSave)]
         for name, parameter in self.base_model.named_parameters():
-            if any(name.startswith(h) for h in hidden):
-                continue
-            owner = self.base_model.get_submodule(name.rpartition(".")[0]) if "." in name else self.base_model
-            if not isinstance(owner, AdapterLayer):
+            if not any(name.startswith(h) for h in hidden) and not inside_adapter_container(self.base_model, name):
                 yield name, parameter
 
     def _adapter_tensors(self, adapter_name: str) -> dict[str, torch.Tensor]:

@@ -74,11 +74,12 @@ def plan(model: nn.Module, config: PeftConfig) -> Plan:
     base = model.base_model if isinstance(model, PeftModel) else model
     saved = _saved_modules(base, config)
     modules = _adapted_modules(base, config, method, [m.name for m in saved]) + saved
-    own = sum(p.numel() for n, p in base.named_parameters() if not _inside_adapter_container(base, n))
+    own = sum(p.numel() for n, p in base.named_parameters() if not inside_adapter_container(base, n))
     return Plan(method=method.name, model_parameters=own, modules=modules)
 
 
-def _inside_adapter_container(model: nn.Module, param_name: str) -> bool:
+def inside_adapter_container(model: nn.Module, param_name: str) -> bool:
+    """True for an adapter's own tensor (``q.lora_A.default.weight``), False for a base one (``q.base_layer.weight``)."""
     parts = param_name.split(".")
     module = model
     for part in parts[:-1]:

@@ -312,19 +312,17 @@ class LoraLinear(_LoraLayer):
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         result = self.base_layer(x, *args, **kwargs)
         for name in self.adapters_to_apply():
-            lora_A = self.lora_A[name]
-            dropout = self.lora_dropout[name]
-            if self.training and isinstance(dropout, nn.Dropout) and name not in self.lora_magnitude_vector:
-                update = DroppedLowRank.apply(x.to(lora_A.weight.dtype), lora_A.weight, self.lora_B[name].weight,
-                                              self.scaling[name], dropout.p)
-                result = update.to(result.dtype).add_(result)  # reuses the fresh update's buffer
-                continue
-            dropped = dropout(x)
-            update = self.lora_B[name](lora_A(dropped.to(lora_A.weight.dtype))).to(result.dtype)
+            lora_A, lora_B, dropout = self.lora_A[name], self.lora_B[name], self.lora_dropout[name]
+            lora_x = x.to(lora_A.weight.dtype)
             if name in self.lora_magnitude_vector:
-                result = result + self._dora_extra(name, dropped, result if dropped is x else None, update)
+                dropped = dropout(lora_x)
+                update = lora_B(lora_A(dropped)).to(result.dtype)
+                result = result + self._dora_extra(name, dropped, result if dropped is lora_x else None, update)
+            elif self.training and isinstance(dropout, nn.Dropout):
+                update = DroppedLowRank.apply(lora_x, lora_A.weight, lora_B.weight, self.scaling[name], dropout.p)
+                result = update.to(result.dtype).add_(result)  # reuses the fresh update's buffer
             else:
-                result = torch.add(result, update, alpha=self.scaling[name])
+                result = torch.add(result, lora_B(lora_A(lora_x)).to(result.dtype), alpha=self.scaling[name])
         return result
 
     def _dora_extra(self, name: str, x: torch.Tensor, base_out: torch.Tensor | None, update: torch.Tensor):
