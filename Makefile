@@ -23,4 +23,5 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/lora_vs_peft.py
+	$(BIN)/python benchmarks/lora_vs_peft.py --dropout 0.1
+	$(BIN)/python benchmarks/lora_vs_peft.py --dropout 0

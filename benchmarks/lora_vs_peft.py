@@ -1,7 +1,7 @@
 """LoRA training step: peftkit against Hugging Face peft, same model, same batch, one run.
 
 Model: the bundled all-MiniLM-L6-v2 with a classification head; batch: 32 SST-2 sentences padded to
-64 tokens; LoRA r=8, alpha=16, dropout 0.1 on every linear layer, the head trained whole. Reported,
+64 tokens; LoRA r=8, alpha=16 on every linear layer (dropout 0.1, or --dropout), the head trained whole. Reported,
 each as a peftkit / peft ratio:
 
 * step time (forward, backward, AdamW step): median over interleaved rounds in this process;
@@ -9,7 +9,7 @@ each as a peftkit / peft ratio:
   fresh subprocess per implementation (alternating, several times), median;
 * activation memory: bytes autograd saves for backward in one forward pass (exact, deterministic).
 
-Usage: python benchmarks/lora_vs_peft.py [--rounds 12] [--steps 5] [--memory-runs 3]
+Usage: python benchmarks/lora_vs_peft.py [--dropout 0.1] [--rounds 12] [--steps 5] [--memory-runs 3]
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ logging.set_verbosity_error()
 logging.disable_progress_bar()
 
 BATCH, LENGTH = 32, 64
-SETTINGS = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "target_modules": "all-linear", "task_type": "SEQ_CLS"}
-RESULTS = Path(__file__).parent / "results" / "lora_vs_peft.json"
+SETTINGS = {"r": 8, "lora_alpha": 16, "target_modules": "all-linear", "task_type": "SEQ_CLS"}
+RESULTS = Path(__file__).parent / "results"
 
 
-def build(implementation: str):
+def build(implementation: str, dropout: float):
     from peftkit.core.pretrained import bundled_model_dir, load_sequence_classifier
     from peftkit.tasks.classification import bundled_sst2
     from peftkit.tasks.data import read_rows
@@ -49,11 +49,11 @@ def build(implementation: str):
     if implementation == "peft":
         import peft
 
-        model = peft.get_peft_model(model, peft.LoraConfig(**SETTINGS))
+        model = peft.get_peft_model(model, peft.LoraConfig(**SETTINGS, lora_dropout=dropout))
     else:
         import peftkit
 
-        model = peftkit.get_peft_model(model, peftkit.LoraConfig(**SETTINGS))
+        model = peftkit.get_peft_model(model, peftkit.LoraConfig(**SETTINGS, lora_dropout=dropout))
     rows = read_rows(bundled_sst2("train"))[:BATCH]
     batch = dict(tokenizer([r["text"] for r in rows], padding="max_length", truncation=True, max_length=LENGTH,
                            return_tensors="pt"))
@@ -83,10 +83,10 @@ def saved_for_backward_bytes(model, batch) -> int:
     return sum(seen.values())
 
 
-def memory_worker(implementation: str, steps: int) -> dict:
+def memory_worker(implementation: str, steps: int, dropout: float) -> dict:
     """Run in a fresh process: peak RSS growth over the training steps."""
     torch.set_num_threads(2)
-    model, batch, optimizer = build(implementation)
+    model, batch, optimizer = build(implementation, dropout)
     before = rss_mib()
     reset_peak_rss()
     for _ in range(steps):
@@ -103,15 +103,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--memory-runs", type=int, default=3)
+    parser.add_argument("--dropout", type=float, default=0.1, help="lora_dropout (peft's default is 0)")
     parser.add_argument("--worker", choices=["peft", "peftkit"])
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(memory_worker(args.worker, args.steps)))
+        print(json.dumps(memory_worker(args.worker, args.steps, args.dropout)))
         return
 
     torch.set_num_threads(2)
     implementations = ["peft", "peftkit"]
-    setups = {name: build(name) for name in implementations}
+    setups = {name: build(name, args.dropout) for name in implementations}
     for name in implementations:  # warm-up
         step(*setups[name])
     times: dict[str, list[float]] = {name: [] for name in implementations}
@@ -129,7 +130,8 @@ def main() -> None:
     memory: dict[str, list[float]] = {name: [] for name in implementations}
     for _ in range(args.memory_runs):
         for name in implementations:
-            output = subprocess.run([sys.executable, __file__, "--worker", name, "--steps", str(args.steps)],
+            output = subprocess.run([sys.executable, __file__, "--worker", name, "--steps", str(args.steps),
+                                     "--dropout", str(args.dropout)],
                                     capture_output=True, text=True, check=True)
             memory[name].append(json.loads(output.stdout.strip().splitlines()[-1])["peak_growth_mib"])
 
@@ -139,19 +141,20 @@ def main() -> None:
         ("saved for backward (MiB)", saved["peftkit"] / 2**20, saved["peft"] / 2**20),
         ("trainable parameters", trainable["peftkit"], trainable["peft"]),
     ]
-    print(f"LoRA r=8 all-linear, dropout 0.1, MiniLM-L6 + head, batch {BATCH}x{LENGTH}, "
+    print(f"LoRA r=8 all-linear, dropout {args.dropout}, MiniLM-L6 + head, batch {BATCH}x{LENGTH}, "
           f"{torch.get_num_threads()} threads, {args.rounds}x{args.steps} timed steps each")
     print(f"{'measure':<34} {'peftkit':>12} {'peft':>12} {'peftkit/peft':>13}")
     for label, ours, theirs in rows:
         print(f"{label:<34} {ours:>12.4g} {theirs:>12.4g} {ours / theirs:>13.3f}")
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "settings": SETTINGS, "batch": [BATCH, LENGTH], "step_seconds": times, "peak_growth_mib": memory,
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"lora_vs_peft_dropout{args.dropout:g}.json"
+    path.write_text(json.dumps({
+        "settings": {**SETTINGS, "lora_dropout": args.dropout}, "batch": [BATCH, LENGTH], "step_seconds": times, "peak_growth_mib": memory,
         "saved_for_backward_bytes": saved, "trainable_parameters": trainable,
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
                         "threads": torch.get_num_threads(), "machine": platform.machine()},
     }, indent=2))
-    print(f"raw measurements: {RESULTS}")
+    print(f"raw measurements: {path}")
 
 
 if __name__ == "__main__":
