@@ -6,14 +6,22 @@ from peftkit.core.errors import CheckpointError, ConfigError, DataError, Peftkit
 from peftkit.core.peft_model import PeftModel, get_peft_model
 from peftkit.core.registry import Method, register_method, registered_methods
 from peftkit.core.targets import plan
+from peftkit.methods.bitfit import BitFitConfig
+from peftkit.methods.bottleneck import BottleneckConfig
+from peftkit.methods.ia3 import IA3Config
+from peftkit.methods.ln_tuning import LNTuningConfig
 from peftkit.methods.lora import LoraConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BitFitConfig",
+    "BottleneckConfig",
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "IA3Config",
+    "LNTuningConfig",
     "LoraConfig",
     "Method",
     "PeftConfig",

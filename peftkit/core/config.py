@@ -15,6 +15,7 @@ Two ways in, two levels of strictness:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import functools
@@ -53,6 +54,8 @@ class PeftConfig:
     inference_mode: bool = False
     modules_to_save: list[str] | None = None
 
+    # Fields peft's config for this method lacks: left out of saved files while at their defaults.
+    omit_at_default: ClassVar[tuple[str, ...]] = ()
     # Names users often write for a field, for the hint in the unknown-field error.
     field_aliases: ClassVar[dict[str, str]] = {}
     # Unknown fields written by peft and their defaults there, for forgiving reads (see module docstring).
@@ -65,6 +68,10 @@ class PeftConfig:
 
     def validate(self) -> None:
         """Raise ``ConfigError`` naming the first field with an unusable value."""
+
+    def resolved(self, model) -> PeftConfig:
+        """A copy with the defaults that depend on ``model`` filled in; ``self`` stays as written."""
+        return copy.deepcopy(self)
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -82,7 +89,9 @@ class PeftConfig:
                 )
 
     def to_dict(self) -> dict[str, Any]:
-        values = dataclasses.asdict(self)
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        values = {k: v for k, v in dataclasses.asdict(self).items()
+                  if not (k in self.omit_at_default and v == defaults[k])}
         return {"peft_type": self.peft_type, **values}
 
     def to_json(self) -> str:
@@ -140,6 +149,26 @@ class TargetedConfig(PeftConfig):
     exclude_modules: list[str] | str | None = None
     layers_to_transform: list[int] | int | None = None
     layers_pattern: list[str] | str | None = None
+
+    # model_type -> target_modules used when a config leaves them unset
+    default_targets: ClassVar[dict[str, list[str]]] = {}
+
+    def default_target_modules(self, model_type: str | None) -> list[str] | str | None:
+        """What ``target_modules`` means when unset, for this model type (None: no default)."""
+        targets = self.default_targets.get(model_type)
+        return list(targets) if targets is not None else None
+
+    def resolved(self, model) -> TargetedConfig:
+        config = super().resolved(model)
+        if config.target_modules is None:
+            model_type = getattr(getattr(model, "config", None), "model_type", None)
+            config.target_modules = self.default_target_modules(model_type)
+            if config.target_modules is None:
+                raise ConfigError(
+                    f"target_modules is not set and peftkit has no default for model type '{model_type}'; "
+                    f"set target_modules (e.g. 'all-linear')"
+                )
+        return config
 
     def validate(self) -> None:
         super().validate()

@@ -34,6 +34,11 @@ class AdapterLayer(nn.Module):
 
     # ---- what each method provides -------------------------------------------------------------
     @classmethod
+    def can_wrap(cls, module: nn.Module) -> bool:
+        """Whether this module instance suits the method (e.g. BitFit needs a bias)."""
+        return True
+
+    @classmethod
     def expected_shapes(cls, base_layer: nn.Module, config: PeftConfig, module_name: str) -> dict[str, tuple]:
         """Shapes of the tensors one adapter adds, under their saved (relative) key names.
 
@@ -45,6 +50,9 @@ class AdapterLayer(nn.Module):
     def add_adapter(self, name: str, config: PeftConfig, module_name: str) -> None:
         raise NotImplementedError
 
+    def attach(self, model: nn.Module, module_name: str, config: PeftConfig) -> None:
+        """Called once the layer sits in ``model``, for methods that need more of it than their module."""
+
     def delta_weight(self, name: str) -> torch.Tensor:
         """The adapter's update in the layout of ``base_layer.weight`` (mergeable methods)."""
         raise NotImplementedError
@@ -54,6 +62,13 @@ class AdapterLayer(nn.Module):
 
     def unmerged_weight(self, name: str, weight: torch.Tensor) -> torch.Tensor:
         return weight - self.delta_weight(name)
+
+    def merged_bias(self, name: str, bias: torch.Tensor) -> torch.Tensor:
+        """The base bias once the adapter is folded in (unchanged unless a method says otherwise)."""
+        return bias
+
+    def unmerged_bias(self, name: str, bias: torch.Tensor) -> torch.Tensor:
+        return bias
 
     def unwrapped(self) -> nn.Module:
         """The module that replaces this layer in ``merge_and_unload`` / ``unload``."""
@@ -108,23 +123,29 @@ class AdapterLayer(nn.Module):
 
     def merge(self, names: list[str], safe_merge: bool = False) -> None:
         self.check_mergeable()
-        weight = self.base_layer.weight
         for name in names:
             if name in self.merged_adapters or not self.has_adapter(name):
                 continue
-            with torch.no_grad():
-                new_weight = self.merged_weight(name, weight.detach().float()).to(weight.dtype)
-                if safe_merge and not torch.isfinite(new_weight).all():
-                    raise ValueError(f"merging adapter '{name}' gives non-finite weights; the model is unchanged")
-                weight.data.copy_(new_weight)
+            self._fold(name, self.merged_weight, self.merged_bias, safe_merge)
             self.merged_adapters.append(name)
 
     def unmerge(self) -> None:
-        weight = self.base_layer.weight
         while self.merged_adapters:
             name = self.merged_adapters.pop()
-            with torch.no_grad():
-                weight.data.copy_(self.unmerged_weight(name, weight.detach().float()).to(weight.dtype))
+            self._fold(name, self.unmerged_weight, self.unmerged_bias, safe_merge=False)
+
+    @torch.no_grad()
+    def _fold(self, name: str, weight_rule, bias_rule, safe_merge: bool) -> None:
+        """Replace the base weight and bias by ``rule(current)``, computed in float32; all or nothing."""
+        updates = []
+        for parameter, rule in ((getattr(self.base_layer, "weight", None), weight_rule),
+                                (getattr(self.base_layer, "bias", None), bias_rule)):
+            if parameter is not None:
+                updates.append((parameter, rule(name, parameter.detach().float()).to(parameter.dtype)))
+        if safe_merge and not all(torch.isfinite(value).all() for _, value in updates):
+            raise ValueError(f"merging adapter '{name}' gives non-finite weights; the model is unchanged")
+        for parameter, value in updates:
+            parameter.copy_(value)
 
     def extra_repr(self) -> str:
         return f"adapters={self.adapter_names}, active={self.active_adapters}, merged={self.merged_adapters}"

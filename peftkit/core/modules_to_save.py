@@ -1,7 +1,8 @@
-"""Modules trained and saved whole next to an adapter, such as a freshly initialised classification head.
+"""Modules trained whole, one copy per adapter: modules_to_save (e.g. a fresh classification head) and
+the methods built the same way (LayerNorm tuning).
 
-Each adapter owns its own copy of the module; the original stays untouched so disabling or deleting the
-adapter restores it. Saved under the module's own parameter names (``classifier.weight``), as peft does.
+Each adapter owns its own copy of the module; the original stays untouched, so disabling or deleting
+the adapter restores it, and ``merge_and_unload`` hands out the active copy.
 """
 
 from __future__ import annotations
@@ -15,32 +16,45 @@ from peftkit.core.config import PeftConfig
 from peftkit.core.layer import AdapterLayer
 
 
-class ModulesToSave(AdapterLayer):
-    adapter_attributes = ("modules_to_save",)
+class ModuleCopies(AdapterLayer):
+    """Forward runs the active adapter's copy of the module; ``copies_attribute`` names the container."""
+
+    copies_attribute = "copies"
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
-        self.modules_to_save = nn.ModuleDict()
+        setattr(self, self.copies_attribute, nn.ModuleDict())
 
     @classmethod
     def expected_shapes(cls, base_layer: nn.Module, config: PeftConfig, module_name: str) -> dict[str, tuple]:
-        return {key: tuple(p.shape) for key, p in base_layer.named_parameters()}
+        return {f"{cls.copies_attribute}.{key}": tuple(p.shape) for key, p in base_layer.named_parameters()}
 
     def add_adapter(self, name: str, config: PeftConfig, module_name: str) -> None:
-        self.modules_to_save[name] = copy.deepcopy(self.base_layer)
-
-    def adapter_state_dict(self, name: str) -> dict[str, torch.Tensor]:
-        return dict(self.modules_to_save[name].named_parameters()) if name in self.modules_to_save else {}
+        getattr(self, self.copies_attribute)[name] = copy.deepcopy(self.base_layer)
 
     def merge(self, names: list[str], safe_merge: bool = False) -> None:
         """Nothing to fold: the active copy already is the module; ``unwrapped`` hands it out."""
 
     def _current(self) -> nn.Module:
         active = self.adapters_to_apply()
-        return self.modules_to_save[active[-1]] if active else self.base_layer
+        return getattr(self, self.copies_attribute)[active[-1]] if active else self.base_layer
 
     def unwrapped(self) -> nn.Module:
         return self._current()
 
     def forward(self, *args, **kwargs):
         return self._current()(*args, **kwargs)
+
+
+class ModulesToSave(ModuleCopies):
+    """Saved under the module's own parameter names (``classifier.weight``), as peft does."""
+
+    adapter_attributes = ("modules_to_save",)
+    copies_attribute = "modules_to_save"
+
+    @classmethod
+    def expected_shapes(cls, base_layer: nn.Module, config: PeftConfig, module_name: str) -> dict[str, tuple]:
+        return {key: tuple(p.shape) for key, p in base_layer.named_parameters()}
+
+    def adapter_state_dict(self, name: str) -> dict[str, torch.Tensor]:
+        return dict(self.modules_to_save[name].named_parameters()) if name in self.modules_to_save else {}

@@ -9,7 +9,6 @@ format and loaded from it. Whatever fails because of bad input fails before the 
 from __future__ import annotations
 
 import contextlib
-import copy
 import inspect
 import warnings
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from peftkit.core.errors import ConfigError
 from peftkit.core.layer import AdapterLayer
 from peftkit.core.modules_to_save import ModulesToSave
 from peftkit.core.registry import method_by_peft_type
-from peftkit.core.targets import ALL_LINEAR, Plan, base_of as _base_of, inside_adapter_container, plan
+from peftkit.core.targets import ALL, ALL_LINEAR, Plan, base_of as _base_of, inside_adapter_container, plan
 
 
 def get_peft_model(model: nn.Module, config: PeftConfig, adapter_name: str = "default") -> PeftModel:
@@ -80,7 +79,7 @@ class PeftModel(nn.Module):
     def add_adapter(self, adapter_name: str, config: PeftConfig) -> None:
         """Add a new adapter (not made active unless it is the first)."""
         self._check_new_name(adapter_name)
-        self._inject(adapter_name, config, plan(self.base_model, config))
+        self._inject(adapter_name, plan(self.base_model, config))
 
     def _check_new_name(self, adapter_name: str) -> None:
         if adapter_name in self.peft_config:
@@ -88,9 +87,9 @@ class PeftModel(nn.Module):
         if not adapter_name or "." in adapter_name or "/" in adapter_name:
             raise ConfigError(f"adapter name '{adapter_name}' must be non-empty and hold no '.' or '/'")
 
-    def _inject(self, adapter_name: str, config: PeftConfig, the_plan: Plan) -> None:
-        config = copy.deepcopy(config)  # the model keeps its own; the caller's config stays as written
-        if getattr(config, "target_modules", None) == ALL_LINEAR:
+    def _inject(self, adapter_name: str, the_plan: Plan) -> None:
+        config = the_plan.config  # a copy: the caller's config stays as written
+        if getattr(config, "target_modules", None) in (ALL_LINEAR, ALL):
             # saved as the module names it meant here, so every reader (peft included) hits the same ones
             config.target_modules = [item.name for item in the_plan.modules if item.role == "adapt"]
         if config.base_model_name_or_path is None:
@@ -103,6 +102,7 @@ class PeftModel(nn.Module):
                     module.active_adapters = [self.active_adapter] if self.active_adapter else []
                     self._replace(item.name, module)
                 module.add_adapter(adapter_name, config, item.name)
+                module.attach(self.base_model, item.name, config)
                 module.train(module.base_layer.training)  # new dropout follows the model's train / eval mode
         except BaseException:
             self._remove_from_layers(adapter_name)
@@ -327,7 +327,7 @@ class PeftModel(nn.Module):
         the_plan = plan(self.base_model, config)
         required, optional = self._expected_tensors(the_plan, config)
         check_tensors(path, tensors, required, optional)
-        self._inject(adapter_name, config, the_plan)
+        self._inject(adapter_name, the_plan)
         live = {**self._adapter_tensors(adapter_name), **self._base_tensors_by_key()}
         with torch.no_grad():
             for key, tensor in tensors.items():

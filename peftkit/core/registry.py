@@ -6,7 +6,7 @@ class. Target matching, the dry-run plan, ``PeftModel``, save/load and merge wor
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -20,17 +20,16 @@ class Method:
     name: str
     config_cls: type[PeftConfig]
     layers: dict[type[nn.Module], type[AdapterLayer]]
-    # model_type -> module names targeted when a config leaves target_modules unset
-    default_targets: dict[str, list[str]] = field(default_factory=dict)
+    layers_note: str = ""  # what else a module needs, for error messages (e.g. " with a bias")
 
     def layer_for(self, module: nn.Module) -> type[AdapterLayer] | None:
         for base_type, layer_cls in self.layers.items():
-            if isinstance(module, base_type):
+            if isinstance(module, base_type) and layer_cls.can_wrap(module):
                 return layer_cls
         return None
 
     def supported_types(self) -> str:
-        return ", ".join(t.__name__ for t in self.layers)
+        return ", ".join("modules" if t is nn.Module else t.__name__ for t in self.layers)
 
 
 _METHODS: dict[str, Method] = {}

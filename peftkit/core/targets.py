@@ -20,6 +20,7 @@ from peftkit.core.modules_to_save import ModulesToSave
 from peftkit.core.registry import Method, method_for_config
 
 ALL_LINEAR = "all-linear"
+ALL = "all"  # every module the method can wrap, except the output head
 # Task heads peft adds to modules_to_save for these task types; optional (a model has one or none).
 TASK_HEAD_NAMES = {"SEQ_CLS": ["classifier", "score"], "TOKEN_CLS": ["classifier", "score"]}
 _HEAD_ATTRIBUTES = ("lm_head", "classifier", "score", "qa_outputs")
@@ -47,6 +48,7 @@ class PlannedModule:
 @dataclass
 class Plan:
     method: str
+    config: PeftConfig  # with the model-dependent defaults filled in
     model_parameters: int
     modules: list[PlannedModule] = field(default_factory=list)
 
@@ -72,10 +74,11 @@ def plan(model: nn.Module, config: PeftConfig) -> Plan:
 
     method = method_for_config(config)
     base = model.base_model if isinstance(model, PeftModel) else model
+    config = config.resolved(base)
     saved = _saved_modules(base, config)
     modules = _adapted_modules(base, config, method, [m.name for m in saved]) + saved
     own = sum(p.numel() for n, p in base.named_parameters() if not inside_adapter_container(base, n))
-    return Plan(method=method.name, model_parameters=own, modules=modules)
+    return Plan(method=method.name, config=config, model_parameters=own, modules=modules)
 
 
 def inside_adapter_container(model: nn.Module, param_name: str) -> bool:
@@ -141,18 +144,10 @@ def _adapted_modules(
         return []
     candidates = candidate_modules(model)
     targets = config.target_modules
-    if targets is None:
-        model_type = getattr(getattr(model, "config", None), "model_type", None)
-        targets = method.default_targets.get(model_type)
-        if targets is None:
-            raise ConfigError(
-                f"target_modules is not set and peftkit has no default for model type '{model_type}'; "
-                f"set target_modules (e.g. 'all-linear')"
-            )
-    if targets == ALL_LINEAR:
+    if targets in (ALL_LINEAR, ALL):
         heads = _output_heads(model)
-        matched = [(n, m) for n, m in candidates
-                   if isinstance(base_of(m), (nn.Linear, Conv1D)) and n not in heads]
+        wanted = (lambda m: isinstance(m, (nn.Linear, Conv1D))) if targets == ALL_LINEAR else method.layer_for
+        matched = [(n, m) for n, m in candidates if wanted(base_of(m)) and n not in heads]
     else:
         matched = [(n, m) for n, m in candidates if name_matches(n, targets)]
     matched = [(n, m) for n, m in matched if not any(n == s or n.startswith(s + ".") for s in saved)]
@@ -189,13 +184,11 @@ def _adapted_modules(
 
 
 def _nothing_matched_message(config, targets, candidates, method: Method) -> str:
-    suffixes = []
-    for name, module in candidates:
-        if method.layer_for(base_of(module)) is not None:
-            last = name.rsplit(".", 1)[-1]
-            if last not in suffixes:
-                suffixes.append(last)
-    examples = [n for n, m in candidates if method.layer_for(base_of(m)) is not None][:3]
+    adaptable = [name for name, module in candidates if method.layer_for(base_of(module)) is not None]
+    if not adaptable:
+        return (f"{method.name} finds no module it can adapt in this model (it wraps {method.supported_types()}"
+                f"{method.layers_note})")
+    suffixes = list(dict.fromkeys(name.rsplit(".", 1)[-1] for name in adaptable))
     filters = []
     if config.exclude_modules:
         filters.append(f"exclude_modules={config.exclude_modules!r}")
@@ -204,7 +197,7 @@ def _nothing_matched_message(config, targets, candidates, method: Method) -> str
     after = f" after {' and '.join(filters)}" if filters else ""
     return (
         f"target_modules={targets!r} matched no module{after}; {method.supported_types()} modules here "
-        f"end in: {', '.join(suffixes[:12])} (e.g. {', '.join(examples)})"
+        f"end in: {', '.join(suffixes[:12])} (e.g. {', '.join(adaptable[:3])})"
     )
 
 

@@ -71,6 +71,7 @@ class LoraConfig(TargetedConfig):
     """LoRA settings, with peft's field names and defaults."""
 
     peft_type = "LORA"
+    default_targets = LORA_DEFAULT_TARGETS
     r: int = 8
     lora_alpha: float = 8
     lora_dropout: float = 0.0
@@ -240,7 +241,7 @@ class DroppedLowRank(torch.autograd.Function):
         return grad_x, grad_a, grad_b, None, None
 
 
-def _linear_shape(module: nn.Module) -> tuple[int, int]:
+def linear_shape(module: nn.Module) -> tuple[int, int]:
     """(in_features, out_features) of a Linear or Conv1D."""
     if isinstance(module, Conv1D):
         return module.weight.shape[0], module.weight.shape[1]
@@ -255,7 +256,7 @@ class LoraLinear(_LoraLayer):
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
         self.transposed = isinstance(base_layer, Conv1D)
-        self.in_features, self.out_features = _linear_shape(base_layer)
+        self.in_features, self.out_features = linear_shape(base_layer)
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
         self.lora_dropout = nn.ModuleDict()
@@ -263,7 +264,7 @@ class LoraLinear(_LoraLayer):
     @classmethod
     def expected_shapes(cls, base_layer: nn.Module, config: LoraConfig, module_name: str) -> dict[str, tuple]:
         r = config.rank_for(module_name)
-        in_features, out_features = _linear_shape(base_layer)
+        in_features, out_features = linear_shape(base_layer)
         shapes = {"lora_A.weight": (r, in_features), "lora_B.weight": (out_features, r)}
         if config.use_dora:
             shapes["lora_magnitude_vector"] = (out_features,)
@@ -405,6 +406,5 @@ register_method(
         name="lora",
         config_cls=LoraConfig,
         layers={nn.Linear: LoraLinear, Conv1D: LoraLinear, nn.Embedding: LoraEmbedding},
-        default_targets=LORA_DEFAULT_TARGETS,
     )
 )
