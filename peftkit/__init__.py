@@ -11,6 +11,8 @@ from peftkit.methods.bottleneck import BottleneckConfig
 from peftkit.methods.ia3 import IA3Config
 from peftkit.methods.ln_tuning import LNTuningConfig
 from peftkit.methods.lora import LoraConfig
+from peftkit.methods.prefix_tuning import PrefixTuningConfig
+from peftkit.methods.prompt_tuning import PromptEncoderConfig, PromptTuningConfig
 
 __version__ = "0.1.0"
 
@@ -27,6 +29,9 @@ __all__ = [
     "PeftConfig",
     "PeftModel",
     "PeftkitError",
+    "PrefixTuningConfig",
+    "PromptEncoderConfig",
+    "PromptTuningConfig",
     "get_peft_model",
     "plan",
     "register_method",

@@ -26,6 +26,7 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 LEGACY_WEIGHTS_NAME = "adapter_model.bin"
 KEY_PREFIX = "base_model.model."
+PROMPT_KEY_PREFIX = "base_model."  # modules saved next to a prompt-learning adapter
 
 
 def adapter_folder(root: str | os.PathLike, adapter_name: str) -> Path:

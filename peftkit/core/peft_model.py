@@ -20,6 +20,7 @@ from torch import nn
 from peftkit.core.checkpoint import (
     CONFIG_NAME,
     KEY_PREFIX,
+    PROMPT_KEY_PREFIX,
     adapter_folder,
     check_tensors,
     read_adapter_config,
@@ -30,6 +31,7 @@ from peftkit.core.config import PeftConfig
 from peftkit.core.errors import ConfigError
 from peftkit.core.layer import AdapterLayer
 from peftkit.core.modules_to_save import ModulesToSave
+from peftkit.core.prompt import SAVED_KEY, PromptAdapter
 from peftkit.core.registry import method_by_peft_type
 from peftkit.core.targets import ALL, ALL_LINEAR, Plan, base_of as _base_of, inside_adapter_container, plan
 
@@ -43,8 +45,10 @@ class PeftModel(nn.Module):
     def __init__(self, model: nn.Module, config: PeftConfig | None = None, adapter_name: str = "default") -> None:
         super().__init__()
         self.base_model = model
+        self.prompt_adapters = nn.ModuleDict()  # prompt-learning adapters, by adapter name
         self.peft_config: dict[str, PeftConfig] = {}
         self.active_adapter: str | None = None
+        self.prompts_disabled = False
         if config is not None:
             self.add_adapter(adapter_name, config)
 
@@ -56,8 +60,39 @@ class PeftModel(nn.Module):
                 raise
             return getattr(self.base_model, name)
 
+    def _active_prompt(self) -> PromptAdapter | None:
+        if self.prompts_disabled or self.active_adapter not in self.prompt_adapters:
+            return None
+        return self.prompt_adapters[self.active_adapter]
+
+    @staticmethod
+    def _keywords(args: tuple, kwargs: dict) -> dict:
+        if len(args) > 1:
+            raise TypeError("pass the model's inputs by keyword (input_ids may come first)")
+        return {"input_ids": args[0], **kwargs} if args else dict(kwargs)
+
     def forward(self, *args, **kwargs):
-        return self.base_model(*args, **kwargs)
+        prompt = self._active_prompt()
+        if prompt is None:
+            return self.base_model(*args, **kwargs)
+        return self.base_model(**prompt.prepare(self.base_model, self._keywords(args, kwargs)))
+
+    def generate(self, *args, **kwargs):
+        """The base model's ``generate``, with the active prompt adapter's virtual tokens or prefix.
+
+        Output as the base model's: for a decoder, the input ids followed by the new tokens.
+        """
+        prompt = self._active_prompt()
+        if prompt is None:
+            return self.base_model.generate(*args, **kwargs)
+        kwargs = self._keywords(args, kwargs)
+        prepared = prompt.prepare(self.base_model, kwargs)
+        output = self.base_model.generate(**prepared)
+        input_ids = kwargs.get("input_ids")
+        decoder_only = not getattr(self.base_model.config, "is_encoder_decoder", False)
+        if input_ids is not None and decoder_only and "input_ids" not in prepared:  # generated from embeddings
+            output = torch.cat([input_ids, output], dim=1)
+        return output
 
     @property
     def accepts_loss_kwargs(self) -> bool:
@@ -96,6 +131,9 @@ class PeftModel(nn.Module):
             config.base_model_name_or_path = getattr(self.base_model, "name_or_path", None) or None
         try:
             for item in the_plan.modules:
+                if item.role == "prompt":
+                    self.prompt_adapters[adapter_name] = item.layer_cls(config, self.base_model)
+                    continue
                 module = self.base_model.get_submodule(item.name)
                 if not isinstance(module, item.layer_cls):
                     module = item.layer_cls(module)
@@ -119,6 +157,8 @@ class PeftModel(nn.Module):
         setattr(parent, child, module)
 
     def _remove_from_layers(self, adapter_name: str) -> None:
+        if adapter_name in self.prompt_adapters:
+            del self.prompt_adapters[adapter_name]
         for name, layer in list(self.adapter_layers()):
             if layer.has_adapter(adapter_name):
                 layer.remove_adapter(adapter_name)
@@ -164,11 +204,13 @@ class PeftModel(nn.Module):
         layers = [layer for _, layer in self.adapter_layers()]
         for layer in layers:
             layer.adapters_disabled = True
+        self.prompts_disabled = True
         try:
             yield
         finally:
             for layer in layers:
                 layer.adapters_disabled = False
+            self.prompts_disabled = False
             if merged:
                 self.merge_adapter()
 
@@ -176,9 +218,11 @@ class PeftModel(nn.Module):
     def _mark_trainable(self) -> None:
         for parameter in self.base_model.parameters():
             parameter.requires_grad_(False)
+        for parameter in self.prompt_adapters.parameters():
+            parameter.requires_grad_(False)
         if self.active_adapter is None or self.peft_config[self.active_adapter].inference_mode:
             return
-        for parameter in self._adapter_tensors(self.active_adapter).values():
+        for parameter in self._trainable_tensors(self.active_adapter):
             parameter.requires_grad_(True)
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
@@ -196,6 +240,9 @@ class PeftModel(nn.Module):
 
     def merge_adapter(self, safe_merge: bool = False) -> None:
         """Fold the active adapter into the base weights; ``unmerge_adapter`` takes it out again."""
+        if self._active_prompt() is not None:
+            raise ConfigError(f"{type(self._active_prompt()).__name__} adds virtual tokens to the input; there is no "
+                              f"weight to merge it into")
         layers = [layer for _, layer in self.adapter_layers()]
         owners: dict[int, list[str]] = {}
         for name, parameter in self.base_model.named_parameters(remove_duplicate=False):
@@ -236,6 +283,7 @@ class PeftModel(nn.Module):
     def _unwrap_all(self) -> nn.Module:
         for name, layer in list(self.adapter_layers()):
             self._replace(name, layer.unwrapped())
+        self.prompt_adapters.clear()
         self.peft_config.clear()
         self.active_adapter = None
         return self.base_model
@@ -262,15 +310,29 @@ class PeftModel(nn.Module):
             if not any(name.startswith(h) for h in hidden) and not inside_adapter_container(self.base_model, name):
                 yield name, parameter
 
+    def _key_prefix(self, adapter_name: str) -> str:
+        """peft's prefix for module tensors: prompt-learning adapters sit one level higher."""
+        return PROMPT_KEY_PREFIX if adapter_name in self.prompt_adapters else KEY_PREFIX
+
     def _adapter_tensors(self, adapter_name: str) -> dict[str, torch.Tensor]:
         """The adapter's live tensors under their peft file keys."""
+        prefix = self._key_prefix(adapter_name)
         tensors = {}
+        if adapter_name in self.prompt_adapters:
+            tensors.update(self.prompt_adapters[adapter_name].saved_tensors())
         for path, layer in self.adapter_layers():
             if layer.has_adapter(adapter_name):
                 for key, tensor in layer.adapter_state_dict(adapter_name).items():
-                    tensors[f"{KEY_PREFIX}{path}.{key}"] = tensor
+                    tensors[f"{prefix}{path}.{key}"] = tensor
         for key, tensor in self._bias_parameters(adapter_name).items():
-            tensors[KEY_PREFIX + key] = tensor
+            tensors[prefix + key] = tensor
+        return tensors
+
+    def _trainable_tensors(self, adapter_name: str) -> list[torch.Tensor]:
+        """The leaf parameters that train with the adapter (a prompt encoder's, not its output)."""
+        tensors = [t for key, t in self._adapter_tensors(adapter_name).items() if key != SAVED_KEY]
+        if adapter_name in self.prompt_adapters:
+            tensors += list(self.prompt_adapters[adapter_name].parameters())
         return tensors
 
     def _expected_tensors(self, the_plan: Plan, config: PeftConfig) -> tuple[dict[str, tuple], dict[str, tuple]]:
@@ -279,8 +341,11 @@ class PeftModel(nn.Module):
         Optional: full input / output embedding weights, which peft saves next to an adapter that targets an
         embedding (or after the vocabulary was resized); they are loaded into the base model, as peft does.
         """
+        prompt = any(item.role == "prompt" for item in the_plan.modules)
+        prefix = PROMPT_KEY_PREFIX if prompt else KEY_PREFIX
         required = {
-            f"{KEY_PREFIX}{item.name}.{key}": shape for item in the_plan.modules for key, shape in item.shapes.items()
+            (key if item.role == "prompt" else f"{prefix}{item.name}.{key}"): shape
+            for item in the_plan.modules for key, shape in item.shapes.items()
         }
         bias = getattr(config, "bias", "none")
         adapted = {item.name for item in the_plan.modules if item.role == "adapt"}
@@ -293,7 +358,7 @@ class PeftModel(nn.Module):
                 continue
             owner, _, leaf = name.rpartition(".")
             owner_module = self.base_model.get_submodule(owner) if owner else self.base_model
-            key = KEY_PREFIX + (f"{owner}.base_layer.{leaf}" if owner in adapted else name)
+            key = prefix + (f"{owner}.base_layer.{leaf}" if owner in adapted else name)
             if leaf == "bias" and (bias == "all" or (bias == "lora_only" and owner in adapted)):
                 required[key] = tuple(parameter.shape)
             elif any(_base_of(owner_module) is e for e in embeddings if e is not None):
@@ -328,10 +393,14 @@ class PeftModel(nn.Module):
         required, optional = self._expected_tensors(the_plan, config)
         check_tensors(path, tensors, required, optional)
         self._inject(adapter_name, the_plan)
-        live = {**self._adapter_tensors(adapter_name), **self._base_tensors_by_key()}
+        if adapter_name in self.prompt_adapters:
+            self.prompt_adapters[adapter_name].load_saved(tensors)
+            self._mark_trainable()
+        live = {**self._adapter_tensors(adapter_name), **self._base_tensors_by_key(self._key_prefix(adapter_name))}
         with torch.no_grad():
             for key, tensor in tensors.items():
-                live[key].copy_(tensor.to(live[key].dtype))
+                if key != SAVED_KEY:
+                    live[key].copy_(tensor.to(live[key].dtype))
 
-    def _base_tensors_by_key(self) -> dict[str, torch.Tensor]:
-        return {KEY_PREFIX + name: p for name, p in self._visible_base_parameters()}
+    def _base_tensors_by_key(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {prefix + name: p for name, p in self._visible_base_parameters()}

@@ -21,6 +21,7 @@ class Method:
     config_cls: type[PeftConfig]
     layers: dict[type[nn.Module], type[AdapterLayer]]
     layers_note: str = ""  # what else a module needs, for error messages (e.g. " with a bias")
+    prompt_cls: type | None = None  # prompt-learning methods: a PromptAdapter class instead of layers
 
     def layer_for(self, module: nn.Module) -> type[AdapterLayer] | None:
         for base_type, layer_cls in self.layers.items():

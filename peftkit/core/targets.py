@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -30,12 +31,15 @@ _HEAD_ATTRIBUTES = ("lm_head", "classifier", "score", "qa_outputs")
 class PlannedModule:
     name: str
     module_type: str
-    layer_cls: type[AdapterLayer]
-    shapes: dict[str, tuple]
-    role: str = "adapt"  # "adapt": wrapped by the method; "save": trained and saved whole
+    layer_cls: type
+    shapes: dict[str, tuple]  # the tensors a checkpoint holds for it
+    role: str = "adapt"  # "adapt": wrapped by the method; "save": trained whole; "prompt": virtual tokens
+    trainable: int | None = None  # parameters it trains, where they differ from what is saved
 
     @property
     def new_parameters(self) -> int:
+        if self.trainable is not None:
+            return self.trainable
         total = 0
         for shape in self.shapes.values():
             count = 1
@@ -76,9 +80,21 @@ def plan(model: nn.Module, config: PeftConfig) -> Plan:
     base = model.base_model if isinstance(model, PeftModel) else model
     config = config.resolved(base)
     saved = _saved_modules(base, config)
-    modules = _adapted_modules(base, config, method, [m.name for m in saved]) + saved
+    if method.prompt_cls is not None:
+        modules = [_prompt_module(base, config, method.prompt_cls)] + saved
+    else:
+        modules = _adapted_modules(base, config, method, [m.name for m in saved]) + saved
     own = sum(p.numel() for n, p in base.named_parameters() if not inside_adapter_container(base, n))
     return Plan(method=method.name, config=config, model_parameters=own, modules=modules)
+
+
+def _prompt_module(model: nn.Module, config: PeftConfig, prompt_cls: type) -> PlannedModule:
+    """The virtual tokens of a prompt-learning method, built once (RNG untouched) to count what they train."""
+    with torch.random.fork_rng(devices=[]):
+        adapter = prompt_cls(config, model)
+    trainable = sum(p.numel() for p in adapter.parameters())
+    return PlannedModule("prompt_encoder", prompt_cls.__name__, prompt_cls, prompt_cls.expected_shapes(config),
+                         role="prompt", trainable=trainable)
 
 
 def inside_adapter_container(model: nn.Module, param_name: str) -> bool:

@@ -22,7 +22,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from peftkit.bench.memory import peak_rss_mib
 from peftkit.core.checkpoint import CONFIG_NAME, read_json, write_json
-from peftkit.core.errors import CheckpointError
+from peftkit.core.errors import CheckpointError, ConfigError
 from peftkit.core.peft_model import PeftModel, get_peft_model
 from peftkit.core.pretrained import load_sequence_classifier, resolve_model_dir
 from peftkit.core.registry import method_by_name
@@ -32,6 +32,10 @@ from peftkit.tasks.data import read_rows
 TASK_FILE = "peftkit_task.json"
 # Method settings used by `peftkit train` unless the user sets them (LoRA on every linear layer).
 METHOD_DEFAULTS = {"lora": {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}}
+# Learning rates used unless --lr is given: what each method needs on a small encoder. "full" trains
+# every weight of the model (no adapter): the reference the methods are measured against.
+LEARNING_RATES = {"lora": 1e-3, "adapter": 1e-3, "ia3": 1e-2, "bitfit": 2e-3, "ln": 2e-3, "full": 5e-5}
+FULL_FINE_TUNING = "full"
 
 
 @dataclass
@@ -41,7 +45,7 @@ class TrainOptions:
     model: str | None = None
     method: str = "lora"
     epochs: float = 1.0
-    lr: float = 1e-3
+    lr: float | None = None
     batch_size: int = 32
     max_length: int = 128
     seed: int = 42
@@ -109,6 +113,7 @@ def method_config(method: str, options: dict, task_type: str):
 
 
 def train_classifier(options: TrainOptions) -> TrainResult:
+    """Train ``options.method`` (any registered method, or "full") and score it; see the module docstring."""
     started = time.perf_counter()
     torch.manual_seed(options.seed)
     model_dir = resolve_model_dir(options.model)
@@ -126,17 +131,25 @@ def train_classifier(options: TrainOptions) -> TrainResult:
         eval_rows = read_rows(eval_path)
     train_examples, labels = load_examples(train_path, columns, rows=train_rows)
     eval_examples, _ = load_examples(eval_path, columns, labels, rows=eval_rows)
-    config = method_config(options.method, options.method_options, "SEQ_CLS")
+    full = options.method == FULL_FINE_TUNING
+    if full and options.method_options:
+        raise ConfigError(f"method options {sorted(options.method_options)} do not apply to full fine-tuning")
+    config = None if full else method_config(options.method, options.method_options, "SEQ_CLS")
+    learning_rate = options.lr or LEARNING_RATES.get(options.method, 1e-3)
 
     tokenizer, model = load_sequence_classifier(model_dir, labels.names)
-    config.base_model_name_or_path = str(model_dir)
-    peft_model = get_peft_model(model, config)
-    trainable, total = peft_model.get_nb_trainable_parameters()
+    if full:
+        peft_model = model
+    else:
+        config.base_model_name_or_path = str(model_dir)
+        peft_model = get_peft_model(model, config)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in peft_model.parameters())
 
     progress = ProgressBar()
     with tempfile.TemporaryDirectory(prefix="peftkit-trainer-") as scratch:
         arguments = TrainingArguments(
-            output_dir=scratch, num_train_epochs=options.epochs, learning_rate=options.lr,
+            output_dir=scratch, num_train_epochs=options.epochs, learning_rate=learning_rate,
             per_device_train_batch_size=options.batch_size, warmup_steps=0.06, lr_scheduler_type="linear",
             weight_decay=0.0, logging_steps=10, save_strategy="no", report_to="none", disable_tqdm=True,
             seed=options.seed, remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),
@@ -152,7 +165,7 @@ def train_classifier(options: TrainOptions) -> TrainResult:
 
     correct = count_correct(peft_model, tokenizer, tokenize(tokenizer, eval_examples, options.max_length))
     output = Path(options.output)
-    peft_model.save_pretrained(output)
+    peft_model.save_pretrained(output)  # full fine-tuning: the whole model, in transformers' format
     write_json(output / TASK_FILE, {
         "task": "text-classification", "labels": labels.names, "text_column": columns.text,
         "text_pair_column": columns.text_pair, "label_column": columns.label, "max_length": options.max_length,

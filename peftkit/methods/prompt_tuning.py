@@ -1,0 +1,133 @@
+"""Prompt tuning and P-tuning: trainable virtual tokens put in front of the input embeddings.
+
+* Prompt tuning (Lester, Al-Rfou and Constant, 2021, "The Power of Scale for Parameter-Efficient
+  Prompt Tuning"): the input e(x₁ … xₙ) becomes [P; e(x₁ … xₙ)] with P ∈ R^{v × d} trained directly.
+  P starts random (N(0, 1), peft's ``RANDOM``), from the embeddings of random vocabulary tokens
+  (``SAMPLE_VOCAB``), or from the embeddings of a text repeated to v tokens (``TEXT``).
+* P-tuning (Liu et al., 2021, "GPT Understands, Too"): P = f(E) where E ∈ R^{v × d} is trained through
+  a prompt encoder f — an MLP d → h → h → d with ReLU, or a bidirectional LSTM followed by an MLP
+  2h → 2h → d (``encoder_reparameterization_type``).
+
+The attention mask gets v ones in front, token-type ids v zeros, per-token labels v ignored positions;
+an encoder-decoder gets the tokens in front of the encoder's input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from peftkit.core.config import config_dataclass
+from peftkit.core.errors import ConfigError
+from peftkit.core.prompt import PromptLearningConfig, SoftPromptAdapter
+from peftkit.core.registry import Method, register_method
+
+PROMPT_INITS = ("RANDOM", "SAMPLE_VOCAB", "TEXT")
+
+
+@config_dataclass
+class PromptTuningConfig(PromptLearningConfig):
+    """Prompt-tuning settings, with peft's field names."""
+
+    peft_type = "PROMPT_TUNING"
+    prompt_tuning_init: str = "RANDOM"
+    prompt_tuning_init_text: str | None = None
+    tokenizer_name_or_path: str | None = None
+    tokenizer_kwargs: dict | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        if self.prompt_tuning_init not in PROMPT_INITS:
+            raise ConfigError(f"prompt_tuning_init must be one of {', '.join(PROMPT_INITS)}, "
+                              f"got {self.prompt_tuning_init!r}")
+        if self.prompt_tuning_init == "TEXT" and not (self.prompt_tuning_init_text and self.tokenizer_name_or_path):
+            raise ConfigError("prompt_tuning_init='TEXT' needs prompt_tuning_init_text and tokenizer_name_or_path")
+
+
+class SoftPrompt(SoftPromptAdapter):
+    def __init__(self, config: PromptTuningConfig, model: nn.Module) -> None:
+        super().__init__(config)
+        embeddings = model.get_input_embeddings()
+        weight = embeddings.weight
+        self.embedding = nn.Embedding(config.num_virtual_tokens, config.token_dim, device=weight.device,
+                                      dtype=weight.dtype)
+        with torch.no_grad():
+            if config.prompt_tuning_init == "SAMPLE_VOCAB":
+                rows = torch.randint(0, weight.shape[0], (config.num_virtual_tokens,), device=weight.device)
+                self.embedding.weight.copy_(weight[rows])
+            elif config.prompt_tuning_init == "TEXT":
+                self.embedding.weight.copy_(weight[self._text_tokens(config).to(weight.device)])
+
+    @staticmethod
+    def _text_tokens(config: PromptTuningConfig) -> torch.Tensor:
+        from transformers import AutoTokenizer
+
+        if not Path(config.tokenizer_name_or_path).is_dir():
+            raise ConfigError(f"tokenizer_name_or_path '{config.tokenizer_name_or_path}' is not a local folder")
+        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_name_or_path, **(config.tokenizer_kwargs or {}))
+        ids = tokenizer(config.prompt_tuning_init_text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ConfigError("prompt_tuning_init_text gives no tokens")
+        repeats = -(-config.num_virtual_tokens // len(ids))
+        return torch.tensor((ids * repeats)[: config.num_virtual_tokens])
+
+    def encode(self) -> torch.Tensor:
+        return self.embedding.weight
+
+
+ENCODER_TYPES = ("MLP", "LSTM")
+
+
+@config_dataclass
+class PromptEncoderConfig(PromptLearningConfig):
+    """P-tuning settings, with peft's field names."""
+
+    peft_type = "P_TUNING"
+    encoder_reparameterization_type: str = "MLP"
+    encoder_hidden_size: int | None = None
+    encoder_num_layers: int = 2
+    encoder_dropout: float = 0.0
+
+    def validate(self) -> None:
+        super().validate()
+        if self.encoder_reparameterization_type not in ENCODER_TYPES:
+            raise ConfigError(f"encoder_reparameterization_type must be MLP or LSTM, "
+                              f"got {self.encoder_reparameterization_type!r}")
+        if not 0 <= self.encoder_dropout < 1:
+            raise ConfigError(f"encoder_dropout must be in [0, 1), got {self.encoder_dropout!r}")
+
+    def resolved(self, model) -> PromptEncoderConfig:
+        config = super().resolved(model)
+        config.encoder_hidden_size = config.encoder_hidden_size or config.token_dim
+        return config
+
+
+class PromptEncoder(SoftPromptAdapter):
+    def __init__(self, config: PromptEncoderConfig, model: nn.Module) -> None:
+        super().__init__(config)
+        like = model.get_input_embeddings().weight
+        options = {"device": like.device, "dtype": like.dtype}
+        width, hidden = config.token_dim, config.encoder_hidden_size
+        self.embedding = nn.Embedding(config.num_virtual_tokens, width, **options)
+        if config.encoder_reparameterization_type == "LSTM":
+            self.lstm = nn.LSTM(width, hidden, num_layers=config.encoder_num_layers, dropout=config.encoder_dropout,
+                                bidirectional=True, batch_first=True, **options)
+            self.mlp = nn.Sequential(nn.Linear(2 * hidden, 2 * hidden, **options), nn.ReLU(),
+                                     nn.Linear(2 * hidden, width, **options))
+        else:
+            self.lstm = None
+            self.mlp = nn.Sequential(nn.Linear(width, hidden, **options), nn.ReLU(),
+                                     nn.Linear(hidden, hidden, **options), nn.ReLU(),
+                                     nn.Linear(hidden, width, **options))
+
+    def encode(self) -> torch.Tensor:
+        tokens = self.embedding.weight
+        if self.lstm is not None:
+            tokens = self.lstm(tokens.unsqueeze(0))[0].squeeze(0)
+        return self.mlp(tokens)
+
+
+register_method(Method(name="prompt", config_cls=PromptTuningConfig, layers={}, prompt_cls=SoftPrompt))
+register_method(Method(name="ptuning", config_cls=PromptEncoderConfig, layers={}, prompt_cls=PromptEncoder))
