@@ -31,6 +31,8 @@ class AdapterLayer(nn.Module):
         self.active_adapters: list[str] = []
         self.merged_adapters: list[str] = []
         self.adapters_disabled = False
+        self.composition = None  # a core.composition block set by PeftModel, or None
+        self.rows = slice(None)  # the batch rows a composition is computing (BatchSplit, Parallel)
 
     # ---- what each method provides -------------------------------------------------------------
     @classmethod
@@ -48,6 +50,10 @@ class AdapterLayer(nn.Module):
         raise NotImplementedError
 
     def add_adapter(self, name: str, config: PeftConfig, module_name: str) -> None:
+        raise NotImplementedError
+
+    def apply_adapters(self, names: list[str], *args, **kwargs):
+        """The module's output with the named adapters applied (in order; none: the base module)."""
         raise NotImplementedError
 
     def attach(self, model: nn.Module, module_name: str, config: PeftConfig) -> None:
@@ -90,6 +96,11 @@ class AdapterLayer(nn.Module):
         if self.adapters_disabled:
             return []
         return [n for n in self.active_adapters if n not in self.merged_adapters and self.has_adapter(n)]
+
+    def forward(self, *args, **kwargs):
+        if self.composition is None or self.adapters_disabled:
+            return self.apply_adapters(self.adapters_to_apply(), *args, **kwargs)
+        return self.composition.run(self, args, kwargs)
 
     def adapter_state_dict(self, name: str) -> dict[str, torch.Tensor]:
         """The adapter's live tensors, keyed as in peft's files relative to this layer."""

@@ -35,15 +35,14 @@ class ModuleCopies(AdapterLayer):
     def merge(self, names: list[str], safe_merge: bool = False) -> None:
         """Nothing to fold: the active copy already is the module; ``unwrapped`` hands it out."""
 
-    def _current(self) -> nn.Module:
-        active = self.adapters_to_apply()
-        return getattr(self, self.copies_attribute)[active[-1]] if active else self.base_layer
+    def _current(self, names: list[str]) -> nn.Module:
+        return getattr(self, self.copies_attribute)[names[-1]] if names else self.base_layer
 
     def unwrapped(self) -> nn.Module:
-        return self._current()
+        return self._current(self.adapters_to_apply())
 
-    def forward(self, *args, **kwargs):
-        return self._current()(*args, **kwargs)
+    def apply_adapters(self, names: list[str], *args, **kwargs):
+        return self._current(names)(*args, **kwargs)
 
 
 class ModulesToSave(ModuleCopies):

@@ -61,9 +61,9 @@ class BiasDelta(AdapterLayer):
     def unmerged_bias(self, name: str, bias: torch.Tensor) -> torch.Tensor:
         return bias - self.bitfit_bias[name].float()
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    def apply_adapters(self, names: list[str], x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         result = self.base_layer(x, *args, **kwargs)
-        for name in self.adapters_to_apply():
+        for name in names:
             result = result + self.bitfit_bias[name].to(result.dtype)
         return result
 

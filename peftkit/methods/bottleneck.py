@@ -249,13 +249,18 @@ class BottleneckLayer(AdapterLayer):
         eye = torch.eye(bias.shape[0], dtype=bias.dtype, device=bias.device)
         return torch.linalg.solve(eye + self._linear_map(name), bias - self._bias_shift(name))
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        try:
+            return super().forward(*args, **kwargs)
+        finally:
+            self._block_input = None  # captured for this pass only
+
+    def apply_adapters(self, names: list[str], x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         result = self.base_layer(x, *args, **kwargs)
-        block_input, self._block_input = self._block_input, None
-        for name in self.adapters_to_apply():
+        for name in names:
             settings = self.settings[name]
             if settings.placement == "parallel":
-                source = block_input if settings.parallel_input is not None else x
+                source = x if settings.parallel_input is None else self._block_input[self.rows]
                 result = result + settings.scaling * self.bottleneck[name](source)
             else:
                 result = result + settings.scaling * self.bottleneck[name](result)

@@ -126,8 +126,7 @@ class IA3Linear(AdapterLayer):
     def unmerged_bias(self, name: str, bias: torch.Tensor) -> torch.Tensor:
         return bias if self.feedforward[name] else bias / self.ia3_l[name].float().flatten()
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        names = self.adapters_to_apply()
+    def apply_adapters(self, names: list[str], x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         inputs = [n for n in names if self.feedforward[n]]
         for name in inputs:
             x = x * self.ia3_l[name].flatten().to(x.dtype)

@@ -310,9 +310,9 @@ class LoraLinear(_LoraLayer):
     def _product(self, name: str) -> torch.Tensor:
         return self.lora_B[name].weight @ self.lora_A[name].weight
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    def apply_adapters(self, names: list[str], x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         result = self.base_layer(x, *args, **kwargs)
-        for name in self.adapters_to_apply():
+        for name in names:
             lora_A, lora_B, dropout = self.lora_A[name], self.lora_B[name], self.lora_dropout[name]
             lora_x = x.to(lora_A.weight.dtype)
             if name in self.lora_magnitude_vector:
@@ -382,11 +382,11 @@ class LoraEmbedding(_LoraLayer):
     def _product(self, name: str) -> torch.Tensor:
         return self.lora_embedding_B[name] @ self.lora_embedding_A[name]
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    def apply_adapters(self, names: list[str], x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         result = self.base_layer(x, *args, **kwargs)
         base = self.base_layer
         embed_scale = getattr(base, "embed_scale", None)  # scaled embeddings (e.g. Gemma) scale the update too
-        for name in self.adapters_to_apply():
+        for name in names:
             rows = F.embedding(x, self.lora_embedding_A[name].T, padding_idx=base.padding_idx, max_norm=base.max_norm,
                                norm_type=base.norm_type, scale_grad_by_freq=base.scale_grad_by_freq,
                                sparse=base.sparse)

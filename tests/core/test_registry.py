@@ -36,9 +36,9 @@ class RowScale(AdapterLayer):
     def delta_weight(self, name):
         return self.row_scale[name][:, None] * self.base_layer.weight
 
-    def forward(self, x):
+    def apply_adapters(self, names, x):
         out = nn.functional.linear(x, self.base_layer.weight)
-        for name in self.adapters_to_apply():
+        for name in names:
             out = out * (1 + self.row_scale[name])
         bias = self.base_layer.bias
         return out if bias is None else out + bias
