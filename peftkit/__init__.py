@@ -1,6 +1,7 @@
 """peftkit: parameter-efficient fine-tuning of pretrained language models."""
 
 from peftkit import methods  # noqa: F401  (registers the built-in methods)
+from peftkit.core.composition import Average, BatchSplit, Fuse, Parallel, Stack
 from peftkit.core.config import PeftConfig
 from peftkit.core.errors import CheckpointError, ConfigError, DataError, PeftkitError
 from peftkit.core.peft_model import PeftModel, get_peft_model
@@ -17,6 +18,11 @@ from peftkit.methods.prompt_tuning import PromptEncoderConfig, PromptTuningConfi
 __version__ = "0.1.0"
 
 __all__ = [
+    "Average",
+    "BatchSplit",
+    "Fuse",
+    "Parallel",
+    "Stack",
     "BitFitConfig",
     "BottleneckConfig",
     "CheckpointError",

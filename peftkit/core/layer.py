@@ -16,9 +16,21 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from peftkit.core.config import PeftConfig
 from peftkit.core.errors import ConfigError
+
+
+def output_width(module: nn.Module) -> int | None:
+    """Width of a module's output: an Embedding's or Linear / Conv1D's, or a block's last Linear / Conv1D's."""
+    if isinstance(module, nn.Embedding):
+        return module.embedding_dim
+    layers = [m for m in module.modules() if isinstance(m, (nn.Linear, Conv1D))]
+    if not layers:
+        return None
+    last = layers[-1]
+    return last.weight.shape[1] if isinstance(last, Conv1D) else last.out_features
 
 
 class AdapterLayer(nn.Module):
@@ -33,6 +45,7 @@ class AdapterLayer(nn.Module):
         self.adapters_disabled = False
         self.composition = None  # a core.composition block set by PeftModel, or None
         self.rows = slice(None)  # the batch rows a composition is computing (BatchSplit, Parallel)
+        self.fusion = nn.ModuleDict()  # AdapterFusion layers, by Fuse.key
 
     # ---- what each method provides -------------------------------------------------------------
     @classmethod

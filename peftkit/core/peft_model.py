@@ -27,10 +27,11 @@ from peftkit.core.checkpoint import (
     read_adapter_weights,
     write_adapter,
 )
+from peftkit.core.composition import Composition, Fuse, Fusion, Parallel, Stack, repeat_batch
 from peftkit.core.config import PeftConfig
 from peftkit.core.errors import ConfigError
-from peftkit.core.layer import AdapterLayer
-from peftkit.core.modules_to_save import ModulesToSave
+from peftkit.core.layer import AdapterLayer, output_width
+from peftkit.core.modules_to_save import ModuleCopies, ModulesToSave
 from peftkit.core.prompt import SAVED_KEY, PromptAdapter
 from peftkit.core.registry import method_by_peft_type
 from peftkit.core.targets import ALL, ALL_LINEAR, Plan, base_of as _base_of, inside_adapter_container, plan
@@ -47,7 +48,9 @@ class PeftModel(nn.Module):
         self.base_model = model
         self.prompt_adapters = nn.ModuleDict()  # prompt-learning adapters, by adapter name
         self.peft_config: dict[str, PeftConfig] = {}
-        self.active_adapter: str | None = None
+        self.active_adapter: str | None = None  # the one active adapter, None while a composition is active
+        self.active_composition: Composition | None = None
+        self.trained_in_composition: list[str] | None = None
         self.prompts_disabled = False
         if config is not None:
             self.add_adapter(adapter_name, config)
@@ -60,10 +63,14 @@ class PeftModel(nn.Module):
                 raise
             return getattr(self.base_model, name)
 
+    def active_names(self) -> list[str]:
+        if self.active_composition is not None:
+            return list(self.active_composition.names)
+        return [self.active_adapter] if self.active_adapter else []
+
     def _active_prompt(self) -> PromptAdapter | None:
-        if self.prompts_disabled or self.active_adapter not in self.prompt_adapters:
-            return None
-        return self.prompt_adapters[self.active_adapter]
+        prompts = [n for n in self.active_names() if n in self.prompt_adapters]
+        return None if self.prompts_disabled or not prompts else self.prompt_adapters[prompts[0]]
 
     @staticmethod
     def _keywords(args: tuple, kwargs: dict) -> dict:
@@ -73,6 +80,9 @@ class PeftModel(nn.Module):
 
     def forward(self, *args, **kwargs):
         prompt = self._active_prompt()
+        if isinstance(self.active_composition, Parallel) and not self.prompts_disabled:
+            kwargs = repeat_batch(self._keywords(args, kwargs), len(self.active_composition.names))
+            args = ()
         if prompt is None:
             return self.base_model(*args, **kwargs)
         return self.base_model(**prompt.prepare(self.base_model, self._keywords(args, kwargs)))
@@ -137,7 +147,8 @@ class PeftModel(nn.Module):
                 module = self.base_model.get_submodule(item.name)
                 if not isinstance(module, item.layer_cls):
                     module = item.layer_cls(module)
-                    module.active_adapters = [self.active_adapter] if self.active_adapter else []
+                    module.active_adapters = self.active_names()
+                    module.composition = self.active_composition
                     self._replace(item.name, module)
                 module.add_adapter(adapter_name, config, item.name)
                 module.attach(self.base_model, item.name, config)
@@ -146,7 +157,7 @@ class PeftModel(nn.Module):
             self._remove_from_layers(adapter_name)
             raise
         self.peft_config[adapter_name] = config
-        if self.active_adapter is None:
+        if not self.active_names():
             self.set_adapter(adapter_name)
         else:
             self._mark_trainable()
@@ -171,16 +182,50 @@ class PeftModel(nn.Module):
             raise ConfigError(f"no adapter named '{adapter_name}' (adapters: {known})")
         return self.peft_config[adapter_name]
 
-    def set_adapter(self, adapter_name: str) -> None:
-        """Make ``adapter_name`` the one adapter used in forward passes and trained."""
-        self._require(adapter_name)
+    def set_adapter(self, adapter: str | Composition, train: list[str] | None = None) -> None:
+        """Use one adapter, or a composition of several (``Stack``, ``Parallel``, ``Average``, ``BatchSplit``,
+        ``Fuse`` from ``peftkit``), in forward passes.
+
+        One adapter trains; in a composition the adapters named in ``train`` do (default: all of them,
+        except under ``Fuse``, where the fusion layers train and the adapters stay frozen).
+        """
+        composition = None if isinstance(adapter, str) else adapter
+        names = [adapter] if composition is None else list(composition.names)
+        for name in names + list(train or []):
+            self._require(name)
+        if composition is not None:
+            self._check_composition(composition)
         if self._merged():
             warnings.warn("unmerging the merged adapters before switching adapters", stacklevel=2)
             self.unmerge_adapter()
         for _, layer in self.adapter_layers():
-            layer.active_adapters = [adapter_name]
-        self.active_adapter = adapter_name
+            layer.active_adapters = names
+            layer.composition = composition
+        if isinstance(composition, Fuse):
+            self._add_fusion_layers(composition)
+        self.active_adapter = adapter if composition is None else None
+        self.active_composition = composition
+        self.trained_in_composition = list(train) if train is not None else None
         self._mark_trainable()
+
+    def _check_composition(self, composition: Composition) -> None:
+        prompts = [n for n in composition.names if n in self.prompt_adapters]
+        if prompts and not isinstance(composition, Stack):
+            raise ConfigError(f"{type(composition).__name__} cannot take prompt-learning adapter(s) {prompts}: they "
+                              f"change the input length; only Stack combines them with others")
+        if len(prompts) > 1:
+            raise ConfigError(f"Stack takes at most one prompt-learning adapter, got {prompts}")
+
+    def _add_fusion_layers(self, fuse: Fuse) -> None:
+        shared = 0
+        for _, layer in self.adapter_layers():
+            if isinstance(layer, ModuleCopies) or len(fuse.present(layer)) < 2:
+                continue
+            shared += 1
+            if fuse.key not in layer.fusion:
+                layer.fusion[fuse.key] = Fusion(output_width(layer.base_layer), next(layer.base_layer.parameters()))
+        if not shared:
+            raise ConfigError(f"{fuse!r}: no module holds two of these adapters, so there is nothing to fuse")
 
     def delete_adapter(self, adapter_name: str) -> None:
         self._require(adapter_name)
@@ -189,8 +234,10 @@ class PeftModel(nn.Module):
             self.unmerge_adapter()
         self._remove_from_layers(adapter_name)
         del self.peft_config[adapter_name]
-        if self.active_adapter == adapter_name:
-            self.active_adapter = None
+        if adapter_name in self.active_names():
+            self.active_adapter, self.active_composition = None, None
+            for _, layer in self.adapter_layers():
+                layer.active_adapters, layer.composition = [], None
             if self.peft_config:
                 self.set_adapter(next(iter(self.peft_config)))
         self._mark_trainable()
@@ -220,10 +267,21 @@ class PeftModel(nn.Module):
             parameter.requires_grad_(False)
         for parameter in self.prompt_adapters.parameters():
             parameter.requires_grad_(False)
-        if self.active_adapter is None or self.peft_config[self.active_adapter].inference_mode:
-            return
-        for parameter in self._trainable_tensors(self.active_adapter):
-            parameter.requires_grad_(True)
+        composition = self.active_composition
+        if composition is None:
+            trained = self.active_names()
+        elif self.trained_in_composition is not None:
+            trained = self.trained_in_composition
+        else:
+            trained = [] if isinstance(composition, Fuse) else list(composition.names)
+        for name in trained:
+            if not self.peft_config[name].inference_mode:
+                for parameter in self._trainable_tensors(name):
+                    parameter.requires_grad_(True)
+        if isinstance(composition, Fuse):
+            for _, layer in self.adapter_layers():
+                if composition.key in layer.fusion:
+                    layer.fusion[composition.key].requires_grad_(True)
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -243,6 +301,9 @@ class PeftModel(nn.Module):
         if self._active_prompt() is not None:
             raise ConfigError(f"{type(self._active_prompt()).__name__} adds virtual tokens to the input; there is no "
                               f"weight to merge it into")
+        if self.active_composition is not None and not isinstance(self.active_composition, Stack):
+            raise ConfigError(f"{self.active_composition!r} gives each input its own mix of adapters; only a single "
+                              f"adapter or a Stack can be merged into the weights")
         layers = [layer for _, layer in self.adapter_layers()]
         owners: dict[int, list[str]] = {}
         for name, parameter in self.base_model.named_parameters(remove_duplicate=False):

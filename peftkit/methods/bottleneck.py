@@ -26,7 +26,7 @@ from transformers.pytorch_utils import Conv1D
 
 from peftkit.core.config import TargetedConfig, config_dataclass
 from peftkit.core.errors import ConfigError
-from peftkit.core.layer import AdapterLayer
+from peftkit.core.layer import AdapterLayer, output_width
 from peftkit.core.registry import Method, register_method
 from peftkit.core.targets import name_matches
 from peftkit.methods.lora import linear_shape
@@ -99,25 +99,16 @@ class BottleneckConfig(TargetedConfig):
         return config
 
 
-def _linear_layers(module: nn.Module) -> list[nn.Module]:
-    return [m for m in module.modules() if isinstance(m, (nn.Linear, Conv1D))]
-
-
-def output_features(module: nn.Module) -> int | None:
-    """Width of a module's output: a Linear / Conv1D's, or its last Linear / Conv1D's for a block."""
-    layers = _linear_layers(module)
-    return linear_shape(layers[-1])[1] if layers else None
-
-
 def input_features(module: nn.Module) -> int:
     """Width of a module's input: a Linear / Conv1D's, or its first Linear / Conv1D's for a block."""
-    return linear_shape(_linear_layers(module)[0])[0]
+    first = next(m for m in module.modules() if isinstance(m, (nn.Linear, Conv1D)))
+    return linear_shape(first)[0]
 
 
 def adapter_widths(base_layer: nn.Module, config: BottleneckConfig) -> tuple[int, int]:
     """(input, output) widths: a parallel adapter on the module's own input reads the input width; one
     reading the block input elsewhere, or a sequential one, works on the residual stream's width."""
-    out = output_features(base_layer)
+    out = output_width(base_layer)
     own_input = config.placement == "parallel" and config.parallel_input is None
     return (input_features(base_layer) if own_input else out), out
 
@@ -154,7 +145,7 @@ class BottleneckLayer(AdapterLayer):
 
     @classmethod
     def can_wrap(cls, module: nn.Module) -> bool:
-        return output_features(module) is not None
+        return output_width(module) is not None
 
     @classmethod
     def expected_shapes(cls, base_layer: nn.Module, config: BottleneckConfig, module_name: str) -> dict[str, tuple]:
