@@ -25,6 +25,8 @@ from peftkit.core.errors import CheckpointError
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 LEGACY_WEIGHTS_NAME = "adapter_model.bin"
+COMPOSITION_NAME = "peftkit_composition.json"
+FUSION_NAME = "peftkit_fusion.safetensors"
 KEY_PREFIX = "base_model.model."
 PROMPT_KEY_PREFIX = "base_model."  # modules saved next to a prompt-learning adapter
 
@@ -59,10 +61,23 @@ def write_json(path: Path, payload: dict) -> None:
     _atomic_write(path, write)
 
 
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot read safetensors file ({exc})") from None
+
+
 def write_adapter(folder: Path, config: dict, tensors: dict[str, torch.Tensor]) -> None:
     """Write weights first, then the config, each atomically."""
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    _atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    write_tensors(folder / WEIGHTS_NAME, tensors)
     write_json(folder / CONFIG_NAME, config)
 
 
@@ -93,10 +108,7 @@ def read_adapter_weights(folder: str | os.PathLike) -> tuple[dict[str, torch.Ten
     folder = Path(folder)
     path = folder / WEIGHTS_NAME
     if path.is_file():
-        try:
-            return load_file(path), path
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{path}: cannot read safetensors file ({exc})") from None
+        return read_tensors(path), path
     legacy = folder / LEGACY_WEIGHTS_NAME
     if legacy.is_file():
         try:

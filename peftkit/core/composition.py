@@ -61,7 +61,7 @@ class Stack(Composition):
     kind = "stack"
 
     def run(self, layer, args, kwargs):
-        return layer.apply_adapters(self.present(layer), *args, **kwargs)
+        return layer.apply_adapters(list(self.names), *args, **kwargs)
 
 
 class Average(Composition):
@@ -77,7 +77,7 @@ class Average(Composition):
     def run(self, layer, args, kwargs):
         result = None
         for name, weight in zip(self.names, self.weights, strict=True):
-            output = layer.apply_adapters([name] if layer.has_adapter(name) else [], *args, **kwargs)
+            output = layer.apply_adapters([name], *args, **kwargs)
             result = weight * output if result is None else result + weight * output
         return result
 
@@ -105,8 +105,7 @@ class BatchSplit(Composition):
         for name, size in zip(self.names, self.row_sizes(x.shape[0]), strict=True):
             layer.rows = slice(start, start + size)
             try:
-                outputs.append(layer.apply_adapters([name] if layer.has_adapter(name) else [],
-                                                    x[start:start + size], *rest, **kwargs))
+                outputs.append(layer.apply_adapters([name], x[start:start + size], *rest, **kwargs))
             finally:
                 layer.rows = slice(None)
             start += size
@@ -167,7 +166,7 @@ class Fuse(Composition):
     def run(self, layer, args, kwargs):
         present = self.present(layer)
         if len(present) < 2 or self.key not in layer.fusion:
-            return layer.apply_adapters(present, *args, **kwargs)
+            return layer.apply_adapters(list(self.names), *args, **kwargs)
         base_output = layer.apply_adapters([], *args, **kwargs)
         outputs = torch.stack([layer.apply_adapters([name], *args, **kwargs) for name in present])
         return layer.fusion[self.key](base_output, outputs)

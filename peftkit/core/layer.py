@@ -7,7 +7,9 @@ the same for every method lives here: which adapters are active, disabling, remo
 adapter's tensors under peft's key names (the adapter name dropped), and merge bookkeeping.
 
 The wrapped module stays reachable as ``base_layer``, so its parameters are named
-``<path>.base_layer.weight`` exactly as in peft.
+``<path>.base_layer.weight`` exactly as in peft. Layers of different methods on one module nest
+(``base_layer`` is then another adapter layer); ``base`` is the model's own module at the bottom, and
+``apply_adapters(names, …)`` passes the same names down, so each layer applies the ones it holds.
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ def output_width(module: nn.Module) -> int | None:
         return None
     last = layers[-1]
     return last.weight.shape[1] if isinstance(last, Conv1D) else last.out_features
+
+
+def base_of(module: nn.Module) -> nn.Module:
+    """The model's own module under any adapter layers wrapped around it."""
+    while isinstance(module, AdapterLayer):
+        module = module.base_layer
+    return module
 
 
 class AdapterLayer(nn.Module):
@@ -95,6 +104,28 @@ class AdapterLayer(nn.Module):
 
     # ---- generic --------------------------------------------------------------------------------
     @property
+    def base(self) -> nn.Module:
+        return base_of(self.base_layer)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return getattr(self.base, "bias", None)
+
+    def own(self, names: list[str]) -> list[str]:
+        """Of ``names``, the adapters this layer holds and has not merged, in order."""
+        return [n for n in names if self.has_adapter(n) and n not in self.merged_adapters]
+
+    def call_base(self, names: list[str], *args, **kwargs):
+        """The wrapped module's output; a nested adapter layer applies the same ``names``."""
+        if isinstance(self.base_layer, AdapterLayer):
+            return self.base_layer.apply_adapters(names, *args, **kwargs)
+        return self.base_layer(*args, **kwargs)
+
+    @property
     def adapter_names(self) -> list[str]:
         names: dict[str, None] = {}
         for attr in self.adapter_attributes:
@@ -106,13 +137,13 @@ class AdapterLayer(nn.Module):
 
     def adapters_to_apply(self) -> list[str]:
         """Active adapters that this forward pass must compute (not disabled, not merged, present)."""
-        if self.adapters_disabled:
-            return []
-        return [n for n in self.active_adapters if n not in self.merged_adapters and self.has_adapter(n)]
+        return [] if self.adapters_disabled else self.own(self.active_adapters)
 
     def forward(self, *args, **kwargs):
-        if self.composition is None or self.adapters_disabled:
-            return self.apply_adapters(self.adapters_to_apply(), *args, **kwargs)
+        if self.adapters_disabled:
+            return self.apply_adapters([], *args, **kwargs)
+        if self.composition is None:
+            return self.apply_adapters(self.active_adapters, *args, **kwargs)
         return self.composition.run(self, args, kwargs)
 
     def adapter_state_dict(self, name: str) -> dict[str, torch.Tensor]:
@@ -162,8 +193,7 @@ class AdapterLayer(nn.Module):
     def _fold(self, name: str, weight_rule, bias_rule, safe_merge: bool) -> None:
         """Replace the base weight and bias by ``rule(current)``, computed in float32; all or nothing."""
         updates = []
-        for parameter, rule in ((getattr(self.base_layer, "weight", None), weight_rule),
-                                (getattr(self.base_layer, "bias", None), bias_rule)):
+        for parameter, rule in ((getattr(self.base, "weight", None), weight_rule), (self.bias, bias_rule)):
             if parameter is not None:
                 updates.append((parameter, rule(name, parameter.detach().float()).to(parameter.dtype)))
         if safe_merge and not all(torch.isfinite(value).all() for _, value in updates):

@@ -42,7 +42,7 @@ class ModuleCopies(AdapterLayer):
         return self._current(self.adapters_to_apply())
 
     def apply_adapters(self, names: list[str], *args, **kwargs):
-        return self._current(names)(*args, **kwargs)
+        return self._current(self.own(names))(*args, **kwargs)
 
 
 class ModulesToSave(ModuleCopies):

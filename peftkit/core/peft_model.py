@@ -9,6 +9,7 @@ format and loaded from it. Whatever fails because of bad input fails before the 
 from __future__ import annotations
 
 import contextlib
+import re
 import inspect
 import warnings
 from collections.abc import Iterator
@@ -18,16 +19,22 @@ import torch
 from torch import nn
 
 from peftkit.core.checkpoint import (
+    COMPOSITION_NAME,
     CONFIG_NAME,
+    FUSION_NAME,
     KEY_PREFIX,
     PROMPT_KEY_PREFIX,
     adapter_folder,
     check_tensors,
     read_adapter_config,
     read_adapter_weights,
+    read_json,
+    read_tensors,
     write_adapter,
+    write_json,
+    write_tensors,
 )
-from peftkit.core.composition import Composition, Fuse, Fusion, Parallel, Stack, repeat_batch
+from peftkit.core.composition import Composition, Fuse, Fusion, Parallel, Stack, composition_from_dict, repeat_batch
 from peftkit.core.config import PeftConfig
 from peftkit.core.errors import ConfigError
 from peftkit.core.layer import AdapterLayer, output_width
@@ -35,6 +42,18 @@ from peftkit.core.modules_to_save import ModuleCopies, ModulesToSave
 from peftkit.core.prompt import SAVED_KEY, PromptAdapter
 from peftkit.core.registry import method_by_peft_type
 from peftkit.core.targets import ALL, ALL_LINEAR, Plan, base_of as _base_of, inside_adapter_container, plan
+
+
+def module_key(path: str) -> str:
+    """A module's name in peft's keys: nested adapter layers (``q.base_layer``) stand for their module (``q``)."""
+    while path.endswith(".base_layer"):
+        path = path[: -len(".base_layer")]
+    return path
+
+
+def parameter_key(name: str) -> str:
+    """A base parameter's name in peft's keys: one ``base_layer`` however many adapter layers are nested."""
+    return re.sub(r"(\.base_layer)+", ".base_layer", name)
 
 
 def get_peft_model(model: nn.Module, config: PeftConfig, adapter_name: str = "default") -> PeftModel:
@@ -117,6 +136,7 @@ class PeftModel(nn.Module):
 
     # ---- adapters -------------------------------------------------------------------------------
     def adapter_layers(self) -> Iterator[tuple[str, AdapterLayer]]:
+        """(path, layer) for every adapter layer, outer before nested (``q.base_layer`` under ``q``)."""
         for name, module in self.base_model.named_modules():
             if isinstance(module, AdapterLayer):
                 yield name, module
@@ -144,9 +164,9 @@ class PeftModel(nn.Module):
                 if item.role == "prompt":
                     self.prompt_adapters[adapter_name] = item.layer_cls(config, self.base_model)
                     continue
-                module = self.base_model.get_submodule(item.name)
-                if not isinstance(module, item.layer_cls):
-                    module = item.layer_cls(module)
+                module = self._layer_of_class(item.name, item.layer_cls)
+                if module is None:  # wrap the module, or the adapter layers of other methods already on it
+                    module = item.layer_cls(self.base_model.get_submodule(item.name))
                     module.active_adapters = self.active_names()
                     module.composition = self.active_composition
                     self._replace(item.name, module)
@@ -162,6 +182,12 @@ class PeftModel(nn.Module):
         else:
             self._mark_trainable()
 
+    def _layer_of_class(self, name: str, layer_cls: type) -> AdapterLayer | None:
+        module = self.base_model.get_submodule(name)
+        while isinstance(module, AdapterLayer) and not isinstance(module, layer_cls):
+            module = module.base_layer
+        return module if isinstance(module, layer_cls) else None
+
     def _replace(self, name: str, module: nn.Module) -> None:
         parent_name, _, child = name.rpartition(".")
         parent = self.base_model.get_submodule(parent_name) if parent_name else self.base_model
@@ -170,11 +196,11 @@ class PeftModel(nn.Module):
     def _remove_from_layers(self, adapter_name: str) -> None:
         if adapter_name in self.prompt_adapters:
             del self.prompt_adapters[adapter_name]
-        for name, layer in list(self.adapter_layers()):
+        for name, layer in reversed(list(self.adapter_layers())):  # nested layers first
             if layer.has_adapter(adapter_name):
                 layer.remove_adapter(adapter_name)
             if not layer.adapter_names:
-                self._replace(name, layer.base_layer)
+                self._replace(name, layer.unwrapped())
 
     def _require(self, adapter_name: str) -> PeftConfig:
         if adapter_name not in self.peft_config:
@@ -223,7 +249,7 @@ class PeftModel(nn.Module):
                 continue
             shared += 1
             if fuse.key not in layer.fusion:
-                layer.fusion[fuse.key] = Fusion(output_width(layer.base_layer), next(layer.base_layer.parameters()))
+                layer.fusion[fuse.key] = Fusion(output_width(layer.base), next(layer.base.parameters()))
         if not shared:
             raise ConfigError(f"{fuse!r}: no module holds two of these adapters, so there is nothing to fuse")
 
@@ -319,7 +345,7 @@ class PeftModel(nn.Module):
                     f"too; exclude it from target_modules or untie the weights first"
                 )
         try:
-            for layer in layers:
+            for layer in reversed(layers):  # nested layers first: an outer one acts on their output
                 layer.merge(layer.active_adapters, safe_merge=safe_merge)
         except BaseException:
             self.unmerge_adapter()
@@ -342,7 +368,7 @@ class PeftModel(nn.Module):
         return self._unwrap_all()
 
     def _unwrap_all(self) -> nn.Module:
-        for name, layer in list(self.adapter_layers()):
+        for name, layer in reversed(list(self.adapter_layers())):
             self._replace(name, layer.unwrapped())
         self.prompt_adapters.clear()
         self.peft_config.clear()
@@ -357,12 +383,11 @@ class PeftModel(nn.Module):
             return {}
         if bias == "lora_only":
             return {
-                f"{path}.base_layer.bias": layer.base_layer.bias
+                f"{module_key(path)}.base_layer.bias": layer.bias
                 for path, layer in self.adapter_layers()
-                if layer.has_adapter(adapter_name) and not isinstance(layer, ModulesToSave)
-                and getattr(layer.base_layer, "bias", None) is not None
+                if layer.has_adapter(adapter_name) and not isinstance(layer, ModulesToSave) and layer.bias is not None
             }
-        return {name: p for name, p in self._visible_base_parameters() if name.endswith(".bias")}
+        return {parameter_key(name): p for name, p in self._visible_base_parameters() if name.endswith(".bias")}
 
     def _visible_base_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """Base parameters, without adapter tensors or modules_to_save copies and originals."""
@@ -384,7 +409,7 @@ class PeftModel(nn.Module):
         for path, layer in self.adapter_layers():
             if layer.has_adapter(adapter_name):
                 for key, tensor in layer.adapter_state_dict(adapter_name).items():
-                    tensors[f"{prefix}{path}.{key}"] = tensor
+                    tensors[f"{prefix}{module_key(path)}.{key}"] = tensor
         for key, tensor in self._bias_parameters(adapter_name).items():
             tensors[prefix + key] = tensor
         return tensors
@@ -417,9 +442,10 @@ class PeftModel(nn.Module):
         for name, parameter in self._visible_base_parameters():
             if any(name.startswith(s) for s in saved):
                 continue
-            owner, _, leaf = name.rpartition(".")
-            owner_module = self.base_model.get_submodule(owner) if owner else self.base_model
-            key = prefix + (f"{owner}.base_layer.{leaf}" if owner in adapted else name)
+            owner_module = self.base_model.get_submodule(name.rpartition(".")[0]) if "." in name else self.base_model
+            owner, _, leaf = parameter_key(name).rpartition(".")
+            owner = module_key(owner)
+            key = prefix + (f"{owner}.base_layer.{leaf}" if owner in adapted else parameter_key(name))
             if leaf == "bias" and (bias == "all" or (bias == "lora_only" and owner in adapted)):
                 required[key] = tuple(parameter.shape)
             elif any(_base_of(owner_module) is e for e in embeddings if e is not None):
@@ -427,20 +453,57 @@ class PeftModel(nn.Module):
         return required, optional
 
     def save_pretrained(self, save_directory: str | Path, selected_adapters: list[str] | None = None) -> None:
-        """Write each adapter in peft's format (``default`` at the root, others in sub-folders)."""
+        """Write each adapter in peft's format (``default`` at the root, others in sub-folders).
+
+        With a composition active (and all adapters saved), also ``peftkit_composition.json`` naming it and,
+        for ``Fuse``, the fusion layers in ``peftkit_fusion.safetensors``.
+        """
         for name in selected_adapters or list(self.peft_config):
             config = self._require(name).to_dict()
             config["inference_mode"] = True
             write_adapter(adapter_folder(save_directory, name), config, self._adapter_tensors(name))
+        composition = self.active_composition
+        if composition is None or selected_adapters is not None:
+            return
+        if isinstance(composition, Fuse):
+            write_tensors(Path(save_directory) / FUSION_NAME, self._fusion_tensors(composition))
+        write_json(Path(save_directory) / COMPOSITION_NAME,
+                   {"composition": composition.to_dict(), "train": self.trained_in_composition})
+
+    def _fusion_tensors(self, fuse: Fuse) -> dict[str, torch.Tensor]:
+        return {f"{path}.fusion.{key}": tensor for path, layer in self.adapter_layers() if fuse.key in layer.fusion
+                for key, tensor in layer.fusion[fuse.key].state_dict().items()}
 
     @classmethod
     def from_pretrained(
         cls, model: nn.Module, model_id: str | Path, adapter_name: str = "default", is_trainable: bool = False
     ) -> PeftModel:
-        """Load an adapter folder written by peftkit or peft onto ``model``."""
+        """Load an adapter folder written by peftkit or peft onto ``model``.
+
+        A folder saved with a composition active loads all its adapters and activates the composition.
+        """
         peft_model = cls(model)
-        peft_model.load_adapter(model_id, adapter_name=adapter_name, is_trainable=is_trainable)
+        if (Path(model_id) / COMPOSITION_NAME).is_file():
+            peft_model._load_composition(Path(model_id), is_trainable)
+        else:
+            peft_model.load_adapter(model_id, adapter_name=adapter_name, is_trainable=is_trainable)
         return peft_model
+
+    def _load_composition(self, folder: Path, is_trainable: bool) -> None:
+        saved = read_json(folder / COMPOSITION_NAME, "composition file")
+        composition = composition_from_dict(saved.get("composition", {}))
+        for name in composition.names:
+            self.load_adapter(adapter_folder(folder, name), adapter_name=name, is_trainable=is_trainable)
+        self.set_adapter(composition, train=saved.get("train"))
+        if isinstance(composition, Fuse):
+            tensors = read_tensors(folder / FUSION_NAME)
+            live = self._fusion_tensors(composition)
+            check_tensors(folder / FUSION_NAME, tensors, {k: tuple(v.shape) for k, v in live.items()}, {})
+            with torch.no_grad():
+                for key, tensor in tensors.items():
+                    live[key].copy_(tensor)
+        if not is_trainable:
+            self.requires_grad_(False)
 
     def load_adapter(self, model_id: str | Path, adapter_name: str = "default", is_trainable: bool = False) -> None:
         """Read, check, then inject: a missing, corrupt or mismatched file leaves the model unchanged."""
@@ -464,4 +527,4 @@ class PeftModel(nn.Module):
                     live[key].copy_(tensor.to(live[key].dtype))
 
     def _base_tensors_by_key(self, prefix: str) -> dict[str, torch.Tensor]:
-        return {prefix + name: p for name, p in self._visible_base_parameters()}
+        return {prefix + parameter_key(name): p for name, p in self._visible_base_parameters()}

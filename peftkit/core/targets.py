@@ -16,8 +16,8 @@ from transformers.pytorch_utils import Conv1D
 
 from peftkit.core.config import PeftConfig, TargetedConfig
 from peftkit.core.errors import ConfigError
-from peftkit.core.layer import AdapterLayer
-from peftkit.core.modules_to_save import ModulesToSave
+from peftkit.core.layer import AdapterLayer, base_of
+from peftkit.core.modules_to_save import ModuleCopies, ModulesToSave
 from peftkit.core.registry import Method, method_for_config
 
 ALL_LINEAR = "all-linear"
@@ -120,12 +120,6 @@ def candidate_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
-def base_of(module: nn.Module) -> nn.Module:
-    while isinstance(module, AdapterLayer):
-        module = module.base_layer
-    return module
-
-
 def _output_heads(model: nn.Module) -> set[str]:
     heads = set()
     get_output = getattr(model, "get_output_embeddings", None)
@@ -184,10 +178,10 @@ def _adapted_modules(
         if layer_cls is None:
             unsupported.append(f"{name} ({type(base).__name__})")
             continue
-        if isinstance(module, AdapterLayer) and not isinstance(module, layer_cls):
+        if isinstance(module, AdapterLayer) and _copies_conflict(module, layer_cls):
             raise ConfigError(
-                f"target_modules: '{name}' already holds a {type(module).__name__}; stacking a different method "
-                f"on the same module is not supported"
+                f"target_modules: '{name}' already holds a {type(module).__name__}; a method that trains whole copies "
+                f"of a module cannot share it with another method"
             )
         shapes = layer_cls.expected_shapes(base, config, name)
         planned.append(PlannedModule(name, type(base).__name__, layer_cls, shapes))
@@ -197,6 +191,16 @@ def _adapted_modules(
             f"{method.name} wraps {method.supported_types()}"
         )
     return planned
+
+
+def _copies_conflict(module: AdapterLayer, layer_cls: type) -> bool:
+    """Whole-copy methods (modules_to_save, LN tuning) cannot nest with other methods on one module."""
+    chain = []
+    while isinstance(module, AdapterLayer):
+        chain.append(type(module))
+        module = module.base_layer
+    kinds = {issubclass(c, ModuleCopies) for c in chain} | {issubclass(layer_cls, ModuleCopies)}
+    return len(kinds) > 1 or (issubclass(layer_cls, ModuleCopies) and layer_cls not in chain)
 
 
 def _nothing_matched_message(config, targets, candidates, method: Method) -> str:

@@ -47,7 +47,7 @@ class BiasDelta(AdapterLayer):
         return {"bitfit_bias": tuple(base_layer.bias.shape)}
 
     def add_adapter(self, name: str, config: BitFitConfig, module_name: str) -> None:
-        self.bitfit_bias[name] = nn.Parameter(torch.zeros_like(self.base_layer.bias))
+        self.bitfit_bias[name] = nn.Parameter(torch.zeros_like(self.bias))
 
     def merged_weight(self, name: str, weight: torch.Tensor) -> torch.Tensor:
         return weight
@@ -62,8 +62,8 @@ class BiasDelta(AdapterLayer):
         return bias - self.bitfit_bias[name].float()
 
     def apply_adapters(self, names: list[str], x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        result = self.base_layer(x, *args, **kwargs)
-        for name in names:
+        result = self.call_base(names, x, *args, **kwargs)
+        for name in self.own(names):
             result = result + self.bitfit_bias[name].to(result.dtype)
         return result
 

@@ -155,9 +155,9 @@ class BottleneckLayer(AdapterLayer):
                 "bottleneck.up.weight": (width_out, size), "bottleneck.up.bias": (width_out,)}
 
     def add_adapter(self, name: str, config: BottleneckConfig, module_name: str) -> None:
-        size = self.expected_shapes(self.base_layer, config, module_name)["bottleneck.down.bias"][0]
-        like = next(self.base_layer.parameters())
-        self.bottleneck[name] = Bottleneck(adapter_widths(self.base_layer, config), size, config.non_linearity,
+        size = self.expected_shapes(self.base, config, module_name)["bottleneck.down.bias"][0]
+        like = next(self.base.parameters())
+        self.bottleneck[name] = Bottleneck(adapter_widths(self.base, config), size, config.non_linearity,
                                            config.adapter_dropout, like)
         self.settings[name] = config
 
@@ -199,8 +199,8 @@ class BottleneckLayer(AdapterLayer):
                     + ("it has a non-linearity" if settings.non_linearity != "identity"
                        else "it reads another module's input")
                 )
-            if not isinstance(self.base_layer, (nn.Linear, Conv1D)) or self.base_layer.bias is None:
-                raise ConfigError(f"bottleneck adapter '{name}' wraps a {type(self.base_layer).__name__} without "
+            if not isinstance(self.base, (nn.Linear, Conv1D)) or self.bias is None:
+                raise ConfigError(f"bottleneck adapter '{name}' wraps a {type(self.base).__name__} without "
                                   f"one weight and bias to fold it into: it cannot be merged")
 
     def _linear_map(self, name: str) -> torch.Tensor:
@@ -210,7 +210,7 @@ class BottleneckLayer(AdapterLayer):
         return scale * block.up.weight.float() @ block.down.weight.float()
 
     def _out_in(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight.T if isinstance(self.base_layer, Conv1D) else weight
+        return weight.T if isinstance(self.base, Conv1D) else weight
 
     def merged_weight(self, name: str, weight: torch.Tensor) -> torch.Tensor:
         w = self._out_in(weight)
@@ -247,8 +247,8 @@ class BottleneckLayer(AdapterLayer):
             self._block_input = None  # captured for this pass only
 
     def apply_adapters(self, names: list[str], x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        result = self.base_layer(x, *args, **kwargs)
-        for name in names:
+        result = self.call_base(names, x, *args, **kwargs)
+        for name in self.own(names):
             settings = self.settings[name]
             if settings.placement == "parallel":
                 source = x if settings.parallel_input is None else self._block_input[self.rows]

@@ -89,8 +89,8 @@ class IA3Linear(AdapterLayer):
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
-        self.transposed = isinstance(base_layer, Conv1D)
-        self.in_features, self.out_features = linear_shape(base_layer)
+        self.transposed = isinstance(self.base, Conv1D)
+        self.in_features, self.out_features = linear_shape(self.base)
         self.ia3_l = nn.ParameterDict()
         self.feedforward: dict[str, bool] = {}
 
@@ -100,8 +100,8 @@ class IA3Linear(AdapterLayer):
         return {"ia3_l": (1, in_features) if config.is_feedforward(module_name) else (out_features, 1)}
 
     def add_adapter(self, name: str, config: IA3Config, module_name: str) -> None:
-        shape = self.expected_shapes(self.base_layer, config, module_name)["ia3_l"]
-        weight = self.base_layer.weight
+        shape = self.expected_shapes(self.base, config, module_name)["ia3_l"]
+        weight = self.weight
         dtype = weight.dtype if weight.dtype.is_floating_point else torch.float32
         vector = torch.ones(shape, dtype=dtype, device=weight.device)
         if not config.init_ia3_weights:
@@ -127,11 +127,12 @@ class IA3Linear(AdapterLayer):
         return bias if self.feedforward[name] else bias / self.ia3_l[name].float().flatten()
 
     def apply_adapters(self, names: list[str], x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        inputs = [n for n in names if self.feedforward[n]]
+        mine = self.own(names)
+        inputs = [n for n in mine if self.feedforward[n]]
         for name in inputs:
             x = x * self.ia3_l[name].flatten().to(x.dtype)
-        result = self.base_layer(x, *args, **kwargs)
-        for name in names:
+        result = self.call_base(names, x, *args, **kwargs)
+        for name in mine:
             if name not in inputs:
                 result = result * self.ia3_l[name].flatten().to(result.dtype)
         return result

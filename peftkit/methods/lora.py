@@ -158,7 +158,7 @@ class _LoraLayer(AdapterLayer):
         return tensor.T if self.transposed else tensor
 
     def _new_tensor_options(self) -> dict:
-        weight = self.base_layer.weight
+        weight = self.weight
         dtype = weight.dtype if weight.dtype.is_floating_point else torch.float32
         return {"device": weight.device, "dtype": dtype}
 
@@ -167,7 +167,7 @@ class _LoraLayer(AdapterLayer):
 
     def _adapted_norm(self, name: str, weight: torch.Tensor | None = None) -> torch.Tensor:
         """n = ‖W + s B A‖ per output unit, detached as DoRA prescribes."""
-        weight = self.base_layer.weight if weight is None else weight
+        weight = self.weight if weight is None else weight
         with torch.no_grad():
             adapted = self._out_in(weight).float() + self.scaling[name] * self._product(name).float()
             return adapted.norm(dim=1).to(weight.dtype)
@@ -255,8 +255,8 @@ class LoraLinear(_LoraLayer):
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
-        self.transposed = isinstance(base_layer, Conv1D)
-        self.in_features, self.out_features = linear_shape(base_layer)
+        self.transposed = isinstance(self.base, Conv1D)
+        self.in_features, self.out_features = linear_shape(self.base)
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
         self.lora_dropout = nn.ModuleDict()
@@ -291,7 +291,7 @@ class LoraLinear(_LoraLayer):
 
     @torch.no_grad()
     def _init_pissa(self, name: str, r: int, niter: str | None) -> None:
-        weight = self.base_layer.weight
+        weight = self.weight
         if not weight.dtype.is_floating_point:
             raise ConfigError("init_lora_weights='pissa' needs a float base weight; quantize after initialising")
         w = self._out_in(weight).float()
@@ -311,8 +311,8 @@ class LoraLinear(_LoraLayer):
         return self.lora_B[name].weight @ self.lora_A[name].weight
 
     def apply_adapters(self, names: list[str], x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        result = self.base_layer(x, *args, **kwargs)
-        for name in names:
+        result = self.call_base(names, x, *args, **kwargs)
+        for name in self.own(names):
             lora_A, lora_B, dropout = self.lora_A[name], self.lora_B[name], self.lora_dropout[name]
             lora_x = x.to(lora_A.weight.dtype)
             if name in self.lora_magnitude_vector:
@@ -329,9 +329,9 @@ class LoraLinear(_LoraLayer):
     def _dora_extra(self, name: str, x: torch.Tensor, base_out: torch.Tensor | None, update: torch.Tensor):
         """(m/n − 1) ⊙ W x + (m/n) ⊙ s B A x, added to the base output W x + b."""
         ratio = (self.lora_magnitude_vector[name] / self._adapted_norm(name)).to(update.dtype)
-        bias = getattr(self.base_layer, "bias", None)
+        bias = self.bias
         if base_out is None:  # dropout changed x, so W x must be recomputed on the dropped input
-            base_out = F.linear(x, self._out_in(self.base_layer.weight))
+            base_out = F.linear(x, self._out_in(self.weight))
         elif bias is not None:
             base_out = base_out - bias
         return (ratio - 1) * base_out + ratio * self.scaling[name] * update
@@ -364,7 +364,7 @@ class LoraEmbedding(_LoraLayer):
 
     def add_adapter(self, name: str, config: LoraConfig, module_name: str) -> None:
         r = config.rank_for(module_name)
-        base = self.base_layer
+        base = self.base
         options = self._new_tensor_options()
         a = torch.empty(r, base.num_embeddings, **options)
         b = torch.empty(base.embedding_dim, r, **options)
@@ -383,10 +383,10 @@ class LoraEmbedding(_LoraLayer):
         return self.lora_embedding_B[name] @ self.lora_embedding_A[name]
 
     def apply_adapters(self, names: list[str], x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        result = self.base_layer(x, *args, **kwargs)
-        base = self.base_layer
+        result = self.call_base(names, x, *args, **kwargs)
+        base = self.base
         embed_scale = getattr(base, "embed_scale", None)  # scaled embeddings (e.g. Gemma) scale the update too
-        for name in names:
+        for name in self.own(names):
             rows = F.embedding(x, self.lora_embedding_A[name].T, padding_idx=base.padding_idx, max_norm=base.max_norm,
                                norm_type=base.norm_type, scale_grad_by_freq=base.scale_grad_by_freq,
                                sparse=base.sparse)

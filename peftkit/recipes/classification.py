@@ -34,7 +34,7 @@ TASK_FILE = "peftkit_task.json"
 METHOD_DEFAULTS = {"lora": {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}}
 # Learning rates used unless --lr is given: what each method needs on a small encoder. "full" trains
 # every weight of the model (no adapter): the reference the methods are measured against.
-LEARNING_RATES = {"lora": 1e-3, "adapter": 1e-3, "ia3": 1e-2, "bitfit": 2e-3, "ln": 2e-3, "full": 5e-5}
+LEARNING_RATES = {"lora": 1e-3, "adapter": 2e-3, "ia3": 1e-2, "bitfit": 2e-3, "ln": 2e-3, "full": 5e-5}
 FULL_FINE_TUNING = "full"
 
 

@@ -31,16 +31,16 @@ class RowScale(AdapterLayer):
         return {"row_scale": (base_layer.out_features,)}
 
     def add_adapter(self, name, config, module_name):
-        self.row_scale[name] = nn.Parameter(torch.full((self.base_layer.out_features,), config.init_scale - 1))
+        self.row_scale[name] = nn.Parameter(torch.full((self.base.out_features,), config.init_scale - 1))
 
     def delta_weight(self, name):
-        return self.row_scale[name][:, None] * self.base_layer.weight
+        return self.row_scale[name][:, None] * self.weight
 
     def apply_adapters(self, names, x):
-        out = nn.functional.linear(x, self.base_layer.weight)
-        for name in names:
+        out = nn.functional.linear(x, self.weight)
+        for name in self.own(names):
             out = out * (1 + self.row_scale[name])
-        bias = self.base_layer.bias
+        bias = self.bias
         return out if bias is None else out + bias
 
 
