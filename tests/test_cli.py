@@ -125,3 +125,25 @@ def test_the_installed_command_exits_2_without_a_traceback(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "none.jsonl: data file not found" in result.stderr
+
+
+@pytest.mark.parametrize("method", ["lora", "adapter", "ia3", "bitfit", "ln", "prompt", "ptuning", "prefix"])
+def test_plan_and_train_every_method(method, model_dir, data, tmp_path, capsys):
+    assert main(["plan", "--model", str(model_dir), "--method", method]) == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.startswith(f"{method}: ") and "new parameters" in summary
+    out = tmp_path / "adapter"
+    assert main(["train", "--model", str(model_dir), "--train", str(data / "train.csv"), "--epochs", "1",
+                 "--method", method, "--output", str(out)]) == 0
+    assert f"peftkit train: {method} on" in capsys.readouterr().out
+    assert main(["eval", "--adapter", str(out), "--eval", str(data / "dev.jsonl")]) == 0
+
+
+def test_full_fine_tuning_is_the_reference_method(model_dir, data, tmp_path, capsys):
+    assert main(["train", "--model", str(model_dir), "--train", str(data / "train.csv"), "--epochs", "1",
+                 "--method", "full", "--output", str(tmp_path / "full")]) == 0
+    printed = capsys.readouterr().out
+    assert "trainable parameters:" in printed and "(100.00%)" in printed
+    assert main(["train", "--model", str(model_dir), "--train", str(data / "train.csv"), "--method", "full",
+                 "-o", "r=4"]) == 2
+    assert "do not apply to full fine-tuning" in capsys.readouterr().err

@@ -31,10 +31,16 @@ from peftkit.tasks.data import read_rows
 
 TASK_FILE = "peftkit_task.json"
 # Method settings used by `peftkit train` unless the user sets them (LoRA on every linear layer).
-METHOD_DEFAULTS = {"lora": {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}}
+METHOD_DEFAULTS = {
+    "lora": {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"},
+    "prompt": {"num_virtual_tokens": 20, "prompt_tuning_init": "SAMPLE_VOCAB"},
+    "ptuning": {"num_virtual_tokens": 20},
+    "prefix": {"num_virtual_tokens": 20, "prefix_projection": True},
+}
 # Learning rates used unless --lr is given: what each method needs on a small encoder. "full" trains
 # every weight of the model (no adapter): the reference the methods are measured against.
-LEARNING_RATES = {"lora": 1e-3, "adapter": 2e-3, "ia3": 1e-2, "bitfit": 2e-3, "ln": 2e-3, "full": 5e-5}
+LEARNING_RATES = {"lora": 1e-3, "adapter": 2e-3, "ia3": 1e-2, "bitfit": 2e-3, "ln": 2e-3, "prompt": 3e-2,
+                  "ptuning": 1e-2, "prefix": 1e-2, "full": 5e-5}
 FULL_FINE_TUNING = "full"
 
 
@@ -73,6 +79,7 @@ class TrainResult:
     peak_memory_mib: float
     output: Path
     losses: list[float]
+    step_seconds: list[float]
 
 
 class ProgressBar(TrainerCallback):
@@ -81,13 +88,19 @@ class ProgressBar(TrainerCallback):
     def __init__(self) -> None:
         self.bar = None
         self.losses: list[float] = []
+        self.step_seconds: list[float] = []
+        self._last = 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
         interactive = sys.stderr.isatty()
         self.bar = tqdm(total=state.max_steps, desc="training", unit="step", dynamic_ncols=True, file=sys.stderr,
                         mininterval=0.5 if interactive else 15)
+        self._last = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        self.step_seconds.append(now - self._last)
+        self._last = now
         self.bar.update(state.global_step - self.bar.n)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -175,7 +188,7 @@ def train_classifier(options: TrainOptions) -> TrainResult:
         eval_examples=len(eval_examples.labels), labels=labels.names, trainable_parameters=trainable,
         total_parameters=total, accuracy=correct / len(eval_examples.labels), correct=correct,
         train_seconds=train_seconds, wall_seconds=time.perf_counter() - started, peak_memory_mib=peak_rss_mib(),
-        output=output, losses=progress.losses,
+        output=output, losses=progress.losses, step_seconds=progress.step_seconds,
     )
 
 
