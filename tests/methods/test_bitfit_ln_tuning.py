@@ -46,3 +46,24 @@ def test_ln_tuning_hits_every_norm_and_crosses_to_peft_both_ways(kind, tmp_path)
     back = peftkit.PeftModel.from_pretrained(tiny_model(kind), tmp_path / "theirs")
     assert (logits(back) - expected).abs().max() <= 1e-6
     assert (logits(model.merge_and_unload()) - expected).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize(("kind", "config"), [("bart", peftkit.BitFitConfig()), ("t5", peftkit.LNTuningConfig()),
+                                              ("bart", peftkit.LNTuningConfig())])
+def test_bitfit_and_ln_tuning_on_encoder_decoders(kind, config):
+    from tests.methods.test_lora_encoder_decoder import seq2seq, seq2seq_logits
+
+    base = seq2seq_logits(seq2seq(kind))
+    model = peftkit.get_peft_model(seq2seq(kind), config)
+    assert torch.equal(seq2seq_logits(model), base)
+    randomize_trainable(model)
+    adapted = seq2seq_logits(model)
+    assert_changed(adapted, base, at_least=1e-3)
+    assert (seq2seq_logits(model.merge_and_unload()) - adapted).abs().max() <= 1e-5
+
+
+def test_bitfit_says_t5_has_no_biases():
+    from tests.methods.test_lora_encoder_decoder import seq2seq
+
+    with pytest.raises(ConfigError, match="with a bias"):
+        peftkit.get_peft_model(seq2seq("t5"), peftkit.BitFitConfig())

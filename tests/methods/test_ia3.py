@@ -48,3 +48,16 @@ def test_explicit_targets_without_feedforward_modules_scale_outputs():
     model = peftkit.get_peft_model(tiny_model("llama"), peftkit.IA3Config(target_modules=["down_proj"]))
     layer = model.base_model.model.layers[0].mlp.down_proj
     assert not layer.feedforward["default"] and layer.ia3_l["default"].shape == (32, 1)
+
+
+@pytest.mark.parametrize("kind", ["t5", "bart"])
+def test_ia3_on_encoder_decoders_starts_at_base_and_merges(kind):
+    from tests.methods.test_lora_encoder_decoder import seq2seq, seq2seq_logits
+
+    base = seq2seq_logits(seq2seq(kind))
+    model = peftkit.get_peft_model(seq2seq(kind), peftkit.IA3Config())
+    assert torch.equal(seq2seq_logits(model), base)
+    randomize_trainable(model, scale=0.5)
+    adapted = seq2seq_logits(model)
+    assert_changed(adapted, base, at_least=1e-3)
+    assert (seq2seq_logits(model.merge_and_unload()) - adapted).abs().max() <= 1e-5
