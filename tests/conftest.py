@@ -71,6 +71,21 @@ def assert_changed(new: torch.Tensor, old: torch.Tensor, at_least: float = 0.01)
     assert (new - old).abs().max() > at_least * old.abs().max()
 
 
+def assert_merge_round_trip(model, batch=None, output_tolerance: float = 1e-5, weight_tolerance: float = 1e-6):
+    """Merged outputs equal unmerged ones, unmerging restores every weight, and merge_and_unload keeps the
+    outputs; returns the plain merged model."""
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    expected = logits(model, batch)
+    model.merge_adapter()
+    assert (logits(model, batch) - expected).abs().max() <= output_tolerance
+    model.unmerge_adapter()
+    for name, parameter in model.named_parameters():
+        assert torch.allclose(parameter, weights[name], atol=weight_tolerance), name
+    plain = model.merge_and_unload()
+    assert (logits(plain, batch) - expected).abs().max() <= output_tolerance
+    return plain
+
+
 MODEL_KINDS = ["bert", "gpt2", "llama"]
 ATTENTION_TARGETS = {"bert": ["query", "value"], "gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]}
 

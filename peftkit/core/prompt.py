@@ -79,6 +79,12 @@ class PromptAdapter(nn.Module):
         self.config = config
         self.loaded: nn.Parameter | None = None
 
+    @staticmethod
+    def tensor_options(model: nn.Module) -> dict:
+        """Device and dtype of the model's input embeddings, for new tensors."""
+        like = model.get_input_embeddings().weight
+        return {"device": like.device, "dtype": like.dtype}
+
     @classmethod
     def expected_shapes(cls, config: PromptLearningConfig) -> dict[str, tuple]:
         return {SAVED_KEY: (config.num_virtual_tokens, cls.token_width(config))}

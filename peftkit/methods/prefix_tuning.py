@@ -54,8 +54,7 @@ class PrefixTuningConfig(PromptLearningConfig):
 class Prefix(PromptAdapter):
     def __init__(self, config: PrefixTuningConfig, model: nn.Module) -> None:
         super().__init__(config)
-        like = model.get_input_embeddings().weight
-        options = {"device": like.device, "dtype": like.dtype}
+        options = self.tensor_options(model)
         width = self.token_width(config)
         if config.prefix_projection:
             self.embedding = nn.Embedding(config.num_virtual_tokens, config.token_dim, **options)

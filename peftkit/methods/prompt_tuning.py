@@ -49,10 +49,8 @@ class PromptTuningConfig(PromptLearningConfig):
 class SoftPrompt(SoftPromptAdapter):
     def __init__(self, config: PromptTuningConfig, model: nn.Module) -> None:
         super().__init__(config)
-        embeddings = model.get_input_embeddings()
-        weight = embeddings.weight
-        self.embedding = nn.Embedding(config.num_virtual_tokens, config.token_dim, device=weight.device,
-                                      dtype=weight.dtype)
+        weight = model.get_input_embeddings().weight
+        self.embedding = nn.Embedding(config.num_virtual_tokens, config.token_dim, **self.tensor_options(model))
         with torch.no_grad():
             if config.prompt_tuning_init == "SAMPLE_VOCAB":
                 rows = torch.randint(0, weight.shape[0], (config.num_virtual_tokens,), device=weight.device)
@@ -107,8 +105,7 @@ class PromptEncoderConfig(PromptLearningConfig):
 class PromptEncoder(SoftPromptAdapter):
     def __init__(self, config: PromptEncoderConfig, model: nn.Module) -> None:
         super().__init__(config)
-        like = model.get_input_embeddings().weight
-        options = {"device": like.device, "dtype": like.dtype}
+        options = self.tensor_options(model)
         width, hidden = config.token_dim, config.encoder_hidden_size
         self.embedding = nn.Embedding(config.num_virtual_tokens, width, **options)
         if config.encoder_reparameterization_type == "LSTM":

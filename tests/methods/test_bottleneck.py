@@ -4,7 +4,7 @@ import torch
 import peftkit
 from peftkit import BottleneckConfig, ConfigError
 from peftkit.methods.bottleneck import BottleneckLayer
-from tests.conftest import assert_changed, logits, randomize_trainable, tiny_batch, tiny_model
+from tests.conftest import assert_changed, assert_merge_round_trip, logits, randomize_trainable, tiny_batch, tiny_model
 from tests.methods.test_lora_encoder_decoder import seq2seq, seq2seq_logits
 
 PLACEMENTS = ["houlsby", "pfeiffer", "parallel"]
@@ -54,15 +54,8 @@ def test_linear_adapters_merge_and_unmerge_exactly(placement):
                               target_modules=targets)
     model = peftkit.get_peft_model(tiny_model("bert"), config)
     randomize_trainable(model)
-    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
-    expected = logits(model)
-    model.merge_adapter()
-    assert (logits(model) - expected).abs().max() <= 1e-5
-    model.unmerge_adapter()
-    assert all(torch.allclose(p, weights[n], atol=1e-5) for n, p in model.named_parameters())
-    plain = model.merge_and_unload()
+    plain = assert_merge_round_trip(model, weight_tolerance=1e-5)
     assert not any(isinstance(m, BottleneckLayer) for m in plain.modules())
-    assert (logits(plain) - expected).abs().max() <= 1e-5
 
 
 def test_bad_bottleneck_settings_name_the_field():

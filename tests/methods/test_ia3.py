@@ -4,7 +4,7 @@ import torch
 
 import peftkit
 from peftkit.methods.ia3 import IA3Linear
-from tests.conftest import assert_changed, logits, randomize_trainable, tiny_model
+from tests.conftest import assert_changed, assert_merge_round_trip, logits, randomize_trainable, tiny_model
 
 
 def test_ia3_starts_at_the_base_model_and_scales_the_right_side(kind):
@@ -35,13 +35,7 @@ def test_ia3_checkpoints_cross_between_peft_and_peftkit(kind, direction, tmp_pat
 def test_ia3_merges_and_unmerges_exactly(kind):
     model = peftkit.get_peft_model(tiny_model(kind), peftkit.IA3Config())
     randomize_trainable(model)
-    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
-    expected = logits(model)
-    model.merge_adapter()
-    assert (logits(model) - expected).abs().max() <= 1e-5
-    model.unmerge_adapter()
-    assert all(torch.allclose(p, weights[n], atol=1e-6) for n, p in model.named_parameters())
-    assert (logits(model.merge_and_unload()) - expected).abs().max() <= 1e-5
+    assert_merge_round_trip(model)
 
 
 def test_explicit_targets_without_feedforward_modules_scale_outputs():
