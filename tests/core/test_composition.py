@@ -113,3 +113,18 @@ def test_stack_with_a_prompt_adapter_and_lora():
     assert out.shape[1] == 9 + 2
     trainable = {n.split(".")[-2] for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"lora"}
+
+
+def test_a_cross_method_composition_saves_and_loads_with_each_adapter(tmp_path):
+    model = model_with("lora", "bottleneck")
+    model.set_adapter(BatchSplit("lora", "bottleneck", sizes=(3, 1)), train=["bottleneck"])
+    batch = tiny_batch(batch=4)
+    expected = logits(model, batch)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "lora" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "bottleneck" / "adapter_config.json").is_file()
+    loaded = peftkit.PeftModel.from_pretrained(tiny_model("llama"), tmp_path, is_trainable=True)
+    assert loaded.active_composition == BatchSplit("lora", "bottleneck", sizes=(3, 1))
+    assert torch.equal(logits(loaded, batch), expected)
+    trained = [n for n, p in loaded.named_parameters() if p.requires_grad]
+    assert trained and all(".bottleneck.bottleneck." in n for n in trained)
