@@ -42,8 +42,8 @@ class PromptTuningConfig(PromptLearningConfig):
         if self.prompt_tuning_init not in PROMPT_INITS:
             raise ConfigError(f"prompt_tuning_init must be one of {', '.join(PROMPT_INITS)}, "
                               f"got {self.prompt_tuning_init!r}")
-        if self.prompt_tuning_init == "TEXT" and not (self.prompt_tuning_init_text and self.tokenizer_name_or_path):
-            raise ConfigError("prompt_tuning_init='TEXT' needs prompt_tuning_init_text and tokenizer_name_or_path")
+        if self.prompt_tuning_init == "TEXT" and not self.prompt_tuning_init_text:
+            raise ConfigError("prompt_tuning_init='TEXT' needs prompt_tuning_init_text")
 
 
 class SoftPrompt(SoftPromptAdapter):
@@ -62,6 +62,8 @@ class SoftPrompt(SoftPromptAdapter):
     def _text_tokens(config: PromptTuningConfig) -> torch.Tensor:
         from transformers import AutoTokenizer
 
+        if not config.tokenizer_name_or_path:
+            raise ConfigError("prompt_tuning_init='TEXT' needs tokenizer_name_or_path (a local tokenizer folder)")
         if not Path(config.tokenizer_name_or_path).is_dir():
             raise ConfigError(f"tokenizer_name_or_path '{config.tokenizer_name_or_path}' is not a local folder")
         tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_name_or_path, **(config.tokenizer_kwargs or {}))

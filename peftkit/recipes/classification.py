@@ -35,12 +35,12 @@ METHOD_DEFAULTS = {
     "lora": {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"},
     "prompt": {"num_virtual_tokens": 20, "prompt_tuning_init": "SAMPLE_VOCAB"},
     "ptuning": {"num_virtual_tokens": 20},
-    "prefix": {"num_virtual_tokens": 20, "prefix_projection": True},
+    "prefix": {"num_virtual_tokens": 20},
 }
 # Learning rates used unless --lr is given: what each method needs on a small encoder. "full" trains
 # every weight of the model (no adapter): the reference the methods are measured against.
 LEARNING_RATES = {"lora": 1e-3, "adapter": 2e-3, "ia3": 2e-2, "bitfit": 2e-3, "ln": 2e-3, "prompt": 3e-2,
-                  "ptuning": 1e-2, "prefix": 1e-2, "full": 5e-5}
+                  "ptuning": 3e-3, "prefix": 1e-2, "full": 5e-5}
 FULL_FINE_TUNING = "full"
 
 
@@ -155,6 +155,8 @@ def train_classifier(options: TrainOptions) -> TrainResult:
         peft_model = model
     else:
         config.base_model_name_or_path = str(model_dir)
+        if getattr(config, "prompt_tuning_init", None) == "TEXT" and not config.tokenizer_name_or_path:
+            config.tokenizer_name_or_path = str(model_dir)  # initialise from the model's own tokenizer
         peft_model = get_peft_model(model, config)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in peft_model.parameters())
