@@ -33,9 +33,7 @@ TASK_FILE = "peftkit_task.json"
 # Method settings used by `peftkit train` unless the user sets them (LoRA on every linear layer).
 METHOD_DEFAULTS = {
     "lora": {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"},
-    "prompt": {"num_virtual_tokens": 20, "prompt_tuning_init": "SAMPLE_VOCAB"},
-    "ptuning": {"num_virtual_tokens": 20},
-    "prefix": {"num_virtual_tokens": 20},
+    "prompt": {"prompt_tuning_init": "SAMPLE_VOCAB"},
 }
 # Learning rates used unless --lr is given: what each method needs on a small encoder. "full" trains
 # every weight of the model (no adapter): the reference the methods are measured against.
