@@ -93,26 +93,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model_for(task: str, model: str | None, labels: int = 2):
+def cmd_plan(args: argparse.Namespace) -> int:
     from transformers import AutoModelForCausalLM
 
     from peftkit.core.pretrained import load_sequence_classifier, resolve_model_dir
-
-    model_dir = resolve_model_dir(model)
-    if task == "causal-lm":
-        return AutoModelForCausalLM.from_pretrained(model_dir)
-    return load_sequence_classifier(model_dir, [str(i) for i in range(labels)])[1]
-
-
-def cmd_plan(args: argparse.Namespace) -> int:
     from peftkit.core.targets import plan
     from peftkit.recipes.classification import method_config
 
     options = _read_config_file(args.config).get("method_options", {}) if args.config else {}
     options = {**options, **_option_pairs(args.option or [])}
-    task_type = "SEQ_CLS" if args.task == "classification" else "CAUSAL_LM"
-    config = method_config(args.method, options, task_type)
-    print(plan(_load_model_for(args.task, args.model), config))
+    model_dir, labels = resolve_model_dir(args.model), ["0", "1"]
+    if args.task == "causal-lm":
+        config = method_config(args.method, options, "CAUSAL_LM", model_dir, labels)
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+    else:
+        config = method_config(args.method, options, "SEQ_CLS", model_dir, labels)
+        model = load_sequence_classifier(model_dir, labels)[1]
+    print(plan(model, config))
     return 0
 
 

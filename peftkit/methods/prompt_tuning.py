@@ -42,9 +42,6 @@ class PromptTuningConfig(PromptLearningConfig):
         if self.prompt_tuning_init not in PROMPT_INITS:
             raise ConfigError(f"prompt_tuning_init must be one of {', '.join(PROMPT_INITS)}, "
                               f"got {self.prompt_tuning_init!r}")
-        if self.prompt_tuning_init == "TEXT" and not self.prompt_tuning_init_text:
-            raise ConfigError("prompt_tuning_init='TEXT' needs prompt_tuning_init_text")
-
 
 class SoftPrompt(SoftPromptAdapter):
     def __init__(self, config: PromptTuningConfig, model: nn.Module) -> None:
@@ -66,6 +63,8 @@ class SoftPrompt(SoftPromptAdapter):
             raise ConfigError("prompt_tuning_init='TEXT' needs tokenizer_name_or_path (a local tokenizer folder)")
         if not Path(config.tokenizer_name_or_path).is_dir():
             raise ConfigError(f"tokenizer_name_or_path '{config.tokenizer_name_or_path}' is not a local folder")
+        if not config.prompt_tuning_init_text:
+            raise ConfigError("prompt_tuning_init='TEXT' needs prompt_tuning_init_text")
         tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_name_or_path, **(config.tokenizer_kwargs or {}))
         ids = tokenizer(config.prompt_tuning_init_text, add_special_tokens=False)["input_ids"]
         if not ids:

@@ -33,7 +33,7 @@ TASK_FILE = "peftkit_task.json"
 # Method settings used by `peftkit train` unless the user sets them (LoRA on every linear layer).
 METHOD_DEFAULTS = {
     "lora": {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"},
-    "prompt": {"prompt_tuning_init": "SAMPLE_VOCAB"},
+    "prompt": {"prompt_tuning_init": "TEXT"},  # from the label names, see label_question
 }
 # Learning rates used unless --lr is given: what each method needs on a small encoder. "full" trains
 # every weight of the model (no adapter): the reference the methods are measured against.
@@ -117,9 +117,20 @@ def _split(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], li
     return [rows[i] for i in order[held_out:]], [rows[i] for i in order[:held_out]]
 
 
-def method_config(method: str, options: dict, task_type: str):
+def label_question(labels: list[str]) -> str:
+    """The text a soft prompt starts from when none is given: the task's own label words."""
+    return f"which fits best: {', '.join(labels)}?"
+
+
+def method_config(method: str, options: dict, task_type: str, model_dir: Path, labels: list[str]):
+    """The method's config from the recipe's defaults, the user's options and what the model folder and
+    labels supply (base model path; a TEXT soft prompt's tokenizer and label words)."""
     spec = method_by_name(method)
-    settings = {**METHOD_DEFAULTS.get(spec.name, {}), **options, "task_type": task_type}
+    settings = {**METHOD_DEFAULTS.get(spec.name, {}), **options, "task_type": task_type,
+                "base_model_name_or_path": str(model_dir)}
+    if settings.get("prompt_tuning_init") == "TEXT":
+        settings.setdefault("tokenizer_name_or_path", str(model_dir))
+        settings.setdefault("prompt_tuning_init_text", label_question(labels))
     return spec.config_cls.from_dict(settings)
 
 
@@ -145,16 +156,14 @@ def train_classifier(options: TrainOptions) -> TrainResult:
     full = options.method == FULL_FINE_TUNING
     if full and options.method_options:
         raise ConfigError(f"method options {sorted(options.method_options)} do not apply to full fine-tuning")
-    config = None if full else method_config(options.method, options.method_options, "SEQ_CLS")
+    config = None if full else method_config(options.method, options.method_options, "SEQ_CLS", model_dir,
+                                             labels.names)
     learning_rate = options.lr or LEARNING_RATES.get(options.method, 1e-3)
 
     tokenizer, model = load_sequence_classifier(model_dir, labels.names)
     if full:
         peft_model = model
     else:
-        config.base_model_name_or_path = str(model_dir)
-        if getattr(config, "prompt_tuning_init", None) == "TEXT" and not config.tokenizer_name_or_path:
-            config.tokenizer_name_or_path = str(model_dir)  # initialise from the model's own tokenizer
         peft_model = get_peft_model(model, config)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in peft_model.parameters())

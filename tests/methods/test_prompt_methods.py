@@ -132,6 +132,6 @@ def test_bad_prompt_settings_name_the_field():
     with pytest.raises(ConfigError, match="num_virtual_tokens"):
         PromptTuningConfig(num_virtual_tokens=0)
     with pytest.raises(ConfigError, match="prompt_tuning_init_text"):
-        PromptTuningConfig(prompt_tuning_init="TEXT")
+        peftkit.plan(tiny_model("bert"), PromptTuningConfig(prompt_tuning_init="TEXT", tokenizer_name_or_path="."))
     with pytest.raises(ConfigError, match="encoder_reparameterization_type"):
         PromptEncoderConfig(encoder_reparameterization_type="GRU")
