@@ -33,7 +33,7 @@ TASK_FILE = "peftkit_task.json"
 # Method settings used by `peftkit train` unless the user sets them (LoRA on every linear layer).
 METHOD_DEFAULTS = {
     "lora": {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"},
-    "prompt": {"prompt_tuning_init": "TEXT"},  # from the label names, see label_question
+    "prompt": {"prompt_tuning_init": "SAMPLE_VOCAB"},
 }
 # Learning rates used unless --lr is given: what each method needs on a small encoder. "full" trains
 # every weight of the model (no adapter): the reference the methods are measured against.
@@ -118,7 +118,7 @@ def _split(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], li
 
 
 def label_question(labels: list[str]) -> str:
-    """The text a soft prompt starts from when none is given: the task's own label words."""
+    """The text a TEXT-initialised soft prompt starts from when none is given: the task's label words."""
     return f"which fits best: {', '.join(labels)}?"
 
 
