@@ -23,14 +23,15 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-METHODS = ["full", "lora", "adapter", "ia3", "bitfit", "ln", "prompt", "ptuning", "prefix"]
+METHODS = ["full", "lora", "qlora", "meft", "adapter", "ia3", "bitfit", "ln", "prompt", "ptuning", "prefix"]
 RESULTS = Path(__file__).parent / "results" / "methods_sst2.json"
 
 
 def worker(method: str, epochs: float) -> dict:
     import torch
 
-    from peftkit.recipes.classification import TrainOptions, train_classifier
+    from peftkit.recipes.classification import train_classifier
+    from peftkit.recipes.training import TrainOptions
 
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as output:

@@ -5,6 +5,7 @@ from peftkit.core.composition import Average, BatchSplit, Fuse, Parallel, Stack
 from peftkit.core.config import PeftConfig
 from peftkit.core.errors import CheckpointError, ConfigError, DataError, PeftkitError
 from peftkit.core.peft_model import PeftModel, get_peft_model
+from peftkit.core.quantization import quantize_nf4, quiet_torchao_import_logs
 from peftkit.core.registry import Method, register_method, registered_methods
 from peftkit.core.targets import plan
 from peftkit.methods.bitfit import BitFitConfig
@@ -12,8 +13,11 @@ from peftkit.methods.bottleneck import BottleneckConfig
 from peftkit.methods.ia3 import IA3Config
 from peftkit.methods.ln_tuning import LNTuningConfig
 from peftkit.methods.lora import LoraConfig
+from peftkit.methods.meft import MeftConfig
 from peftkit.methods.prefix_tuning import PrefixTuningConfig
 from peftkit.methods.prompt_tuning import PromptEncoderConfig, PromptTuningConfig
+
+quiet_torchao_import_logs()
 
 __version__ = "0.1.0"
 
@@ -31,6 +35,7 @@ __all__ = [
     "IA3Config",
     "LNTuningConfig",
     "LoraConfig",
+    "MeftConfig",
     "Method",
     "PeftConfig",
     "PeftModel",
@@ -40,6 +45,7 @@ __all__ = [
     "PromptTuningConfig",
     "get_peft_model",
     "plan",
+    "quantize_nf4",
     "register_method",
     "registered_methods",
 ]

@@ -1,4 +1,4 @@
-"""The ``peftkit`` command: train, eval, plan, info, merge.
+"""The ``peftkit`` command: train, eval, generate, plan, info, merge.
 
 Bad input (a missing file or column, a config value, a model folder that isn't there) ends with a
 one-line ``peftkit: error: …`` and exit code 2, never a traceback.
@@ -50,7 +50,7 @@ def _read_config_file(path: str) -> dict:
 
 
 def _train_options(args: argparse.Namespace):
-    from peftkit.recipes.classification import TrainOptions
+    from peftkit.recipes.training import TrainOptions
 
     fields = {f.name for f in dataclasses.fields(TrainOptions)}
     values = _read_config_file(args.config) if args.config else {}
@@ -65,24 +65,42 @@ def _train_options(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from peftkit.core.pretrained import BUNDLED_NAME, bundled_model_dir
-    from peftkit.recipes.classification import train_classifier
-
     options = _train_options(args)
-    result = train_classifier(options)
-    model_name = BUNDLED_NAME if result.model_dir == bundled_model_dir() else str(result.model_dir)
-    data_name = options.train or "SST-2 (bundled)"
+    if options.task == "causal-lm":
+        from peftkit.recipes.causal_lm import train_causal_lm
+
+        result = train_causal_lm(options)
+    elif options.task == "classification":
+        from peftkit.recipes.classification import train_classifier
+
+        result = train_classifier(options)
+    else:
+        raise ConfigError(f"task must be classification or causal-lm, got {options.task!r}")
+    _print_summary(options, result)
+    return 0
+
+
+def _print_summary(options, result) -> None:
+    from peftkit.core.pretrained import display_name
+
+    model_name = display_name(result.model_dir)
+    data_name = options.train or ("SST-2 as a chat instruction (bundled)" if options.task == "causal-lm"
+                                  else "SST-2 (bundled)")
     share = 100 * result.trainable_parameters / result.total_parameters
     minutes, seconds = divmod(result.wall_seconds, 60)
+    answers = f", {len(result.labels)} labels" if result.labels else ""
     print(f"\npeftkit train: {result.method} on {model_name}, {data_name}: {result.train_examples:,} training / "
-          f"{result.eval_examples:,} evaluation examples, {len(result.labels)} labels")
+          f"{result.eval_examples:,} evaluation examples{answers}")
     print(f"  trainable parameters: {result.trainable_parameters:,} of {result.total_parameters:,} ({share:.2f}%)")
-    print(f"  {'dev' if not options.train else 'eval'} accuracy:  {result.accuracy:.4f} "
-          f"({result.correct}/{result.eval_examples})")
-    print(f"  wall time:            {int(minutes)}m {seconds:04.1f}s (training {result.train_seconds:.1f}s)")
+    split = "dev" if not options.train else "eval"
+    if result.accuracy is not None:
+        print(f"  {split} accuracy:  {result.accuracy:.4f} ({result.correct}/{result.eval_examples})")
+    if result.eval_loss is not None:
+        print(f"  {split} loss:      {result.eval_loss:.4f} (mean per answer token)")
+    print(f"  wall time:            {int(minutes)}m {seconds:04.1f}s (training {result.train_seconds:.1f}s, "
+          f"{result.steps} steps)")
     print(f"  peak memory:          {result.peak_memory_mib:,.0f} MiB")
     print(f"  adapter saved to:     {result.output}/ (peft format: peft.PeftModel.from_pretrained reads it)")
-    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -96,13 +114,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from transformers import AutoModelForCausalLM
 
-    from peftkit.core.pretrained import load_sequence_classifier, resolve_model_dir
+    from peftkit.core.pretrained import load_sequence_classifier, resolve_causal_lm_dir, resolve_model_dir
     from peftkit.core.targets import plan
-    from peftkit.recipes.classification import method_config
+    from peftkit.recipes.training import method_config
 
     options = _read_config_file(args.config).get("method_options", {}) if args.config else {}
     options = {**options, **_option_pairs(args.option or [])}
-    model_dir, labels = resolve_model_dir(args.model), ["0", "1"]
+    labels = ["0", "1"]
+    model_dir = resolve_causal_lm_dir(args.model) if args.task == "causal-lm" else resolve_model_dir(args.model)
     if args.task == "causal-lm":
         config = method_config(args.method, options, "CAUSAL_LM", model_dir, labels)
         model = AutoModelForCausalLM.from_pretrained(model_dir)
@@ -136,7 +155,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     if task_file.is_file():
         from peftkit.core.checkpoint import read_json
 
-        print(f"labels:      {', '.join(read_json(task_file)['labels'])}")
+        task = read_json(task_file)
+        print(f"task:        {task.get('task')}")
+        if task.get("labels"):
+            print(f"labels:      {', '.join(task['labels'])}")
+        if task.get("base_quantization"):
+            print(f"base model weights stored in {task['base_quantization']} (QLoRA)")
     return 0
 
 
@@ -144,12 +168,18 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from peftkit.core.checkpoint import CONFIG_NAME, read_json
     from peftkit.core.peft_model import PeftModel
     from peftkit.core.pretrained import load_sequence_classifier, resolve_model_dir
-    from peftkit.recipes.classification import TASK_FILE
+    from peftkit.recipes.training import TASK_FILE, quantize_base
 
     adapter = Path(args.adapter)
     base_name = read_json(adapter / CONFIG_NAME, "adapter config").get("base_model_name_or_path")
-    labels = read_json(adapter / TASK_FILE, "peftkit task file")["labels"]
-    tokenizer, base = load_sequence_classifier(resolve_model_dir(args.model or base_name), labels)
+    task = read_json(adapter / TASK_FILE, "peftkit task file")
+    if task.get("task") == "causal-lm":
+        from peftkit.core.pretrained import load_causal_lm, resolve_causal_lm_dir
+
+        tokenizer, base = load_causal_lm(resolve_causal_lm_dir(args.model or base_name))
+    else:
+        tokenizer, base = load_sequence_classifier(resolve_model_dir(args.model or base_name), task["labels"])
+    quantize_base(base, task.get("base_quantization"))  # QLoRA: merged into a dequantised copy, with a warning
     merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
     merged.save_pretrained(args.output)
     tokenizer.save_pretrained(args.output)
@@ -157,17 +187,33 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from peftkit.recipes.causal_lm import generate_text, load_adapter_for_generation
+
+    tokenizer, model = load_adapter_for_generation(args.adapter, model=args.model)
+    print(generate_text(tokenizer, model, args.prompt, max_new_tokens=args.max_new_tokens, chat=not args.raw))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peftkit", description="Parameter-efficient fine-tuning.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="fine-tune an adapter for text classification",
-                                description="With no arguments: LoRA on the bundled all-MiniLM-L6-v2, SST-2.")
+    train = commands.add_parser("train", help="fine-tune an adapter (text classification or causal LM)",
+                                description="With no arguments: LoRA on the bundled all-MiniLM-L6-v2, SST-2. With "
+                                            "--task causal-lm: SmolLM2-135M-Instruct, SST-2 as a chat instruction.")
+    train.add_argument("--task", choices=["classification", "causal-lm"],
+                       help="classification (default): text (pair) -> label; causal-lm: prompt/completion or "
+                            "chat 'messages' rows, loss on the completion / assistant turns")
     train.add_argument("--train", help="training file (CSV, TSV, JSONL); default: bundled SST-2")
     train.add_argument("--eval", help="evaluation file; default: SST-2 dev, or 10%% held out of --train")
     train.add_argument("--model", help="local transformers model folder; default: bundled all-MiniLM-L6-v2")
-    train.add_argument("--method", help="PEFT method: lora (default), adapter, ia3, bitfit, ln, ...; or full")
+    train.add_argument("--method", help="PEFT method: lora (default), qlora, adapter, meft, ia3, bitfit, ln, "
+                                        "prompt, ptuning, prefix, ...; or full")
     train.add_argument("--epochs", type=float)
+    train.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
+    train.add_argument("--bf16", action="store_true", default=None,
+                       help="bfloat16 autocast (CUDA, or a CPU with AVX-512 BF16 / AMX)")
     train.add_argument("--lr", type=float, help="learning rate (default: the method's, e.g. 1e-3 for lora)")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--max-length", type=int, help="tokens per example (default 128)")
@@ -188,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=128)
     evaluate.set_defaults(run=cmd_eval)
 
+    generate = commands.add_parser("generate", help="continue a prompt with a causal-LM adapter")
+    generate.add_argument("--adapter", required=True)
+    generate.add_argument("--prompt", required=True)
+    generate.add_argument("--model", help="base model folder (default: the one recorded in the adapter)")
+    generate.add_argument("--max-new-tokens", type=int, default=64)
+    generate.add_argument("--raw", action="store_true", help="use the prompt as written, without the chat template")
+    generate.set_defaults(run=cmd_generate)
+
     planner = commands.add_parser("plan", help="list the modules a method config would hit, changing nothing")
     planner.add_argument("--model")
     planner.add_argument("--method", default="lora")
@@ -200,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("adapter")
     info.set_defaults(run=cmd_info)
 
-    merge = commands.add_parser("merge", help="fold a classification adapter into its base model and save it")
+    merge = commands.add_parser("merge", help="fold an adapter into its base model and save it")
     merge.add_argument("--adapter", required=True)
     merge.add_argument("--output", required=True)
     merge.add_argument("--model")

@@ -192,6 +192,9 @@ class AdapterLayer(nn.Module):
     @torch.no_grad()
     def _fold(self, name: str, weight_rule, bias_rule, safe_merge: bool) -> None:
         """Replace the base weight and bias by ``rule(current)``, computed in float32; all or nothing."""
+        from peftkit.core.quantization import dequantize_for_merge  # here: quantization imports targets -> layer
+
+        dequantize_for_merge(self.base, name)
         updates = []
         for parameter, rule in ((getattr(self.base, "weight", None), weight_rule), (self.bias, bias_rule)):
             if parameter is not None:

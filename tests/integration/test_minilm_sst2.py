@@ -6,7 +6,8 @@ import pytest
 
 from peftkit import PeftModel
 from peftkit.core.pretrained import bundled_model_dir, load_sequence_classifier
-from peftkit.recipes.classification import TrainOptions, count_correct, train_classifier
+from peftkit.recipes.classification import count_correct, train_classifier
+from peftkit.recipes.training import TrainOptions
 from peftkit.tasks.classification import Columns, LabelSet, bundled_sst2, load_examples, tokenize
 from peftkit.tasks.data import read_rows
 

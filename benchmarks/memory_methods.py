@@ -1,0 +1,153 @@
+"""Training-step memory and time of MEFT, QLoRA and LoRA against full fine-tuning, in one run.
+
+For each setup a fresh subprocess builds the model, runs ``--warmup`` training steps (AdamW), then
+measures over ``--steps`` more: the bytes saved for backward by one step (activations; parameters
+excluded), the growth of the process's peak resident memory over its pre-training memory (activations,
+gradients, optimizer state), and the median step time. Also printed: the stored size of the quantised
+linear weights for QLoRA. Ratios are to full fine-tuning and to LoRA measured in the same run.
+
+Models: the bundled all-MiniLM-L6-v2 (sequence classification, batch 32 × 128 real SST-2 tokens by
+default) and SmolLM2-135M-Instruct (causal LM, ``--lm``; batch 4 × 128).
+
+Usage: python benchmarks/memory_methods.py [--lm] [--setups full,lora,qlora,meft1,meft2,meft3] [--steps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SETUPS = ["full", "lora", "qlora", "meft1", "meft2", "meft3"]
+RESULTS = Path(__file__).parent / "results"
+
+
+def build(setup: str, lm: bool, batch: int, length: int):
+    import torch
+    from transformers import AutoTokenizer
+
+    import peftkit
+    from peftkit.core.pretrained import bundled_model_dir, load_causal_lm, load_sequence_classifier, smollm2_dir
+    from peftkit.recipes.training import METHOD_DEFAULTS
+    from peftkit.tasks.classification import bundled_sst2
+    from peftkit.tasks.data import read_rows
+
+    if lm:
+        tokenizer, model = load_causal_lm(smollm2_dir())
+        task_type = "CAUSAL_LM"
+    else:
+        tokenizer, model = load_sequence_classifier(bundled_model_dir(), ["negative", "positive"])
+        tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir())
+        task_type = "SEQ_CLS"
+    rows = read_rows(bundled_sst2("train"))
+    text = " ".join(r["text"] for r in rows[:2000])
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    input_ids = torch.tensor(ids[: batch * length]).view(batch, length)
+    inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    inputs["labels"] = input_ids.clone() if lm else torch.tensor([r["label"] == "positive" for r in rows[:batch]]).long()
+    report = None
+    if setup == "qlora":
+        report = peftkit.quantize_nf4(model)
+    if setup in ("lora", "qlora"):
+        model = peftkit.get_peft_model(model, peftkit.LoraConfig(task_type=task_type, **METHOD_DEFAULTS["lora"]))
+    elif setup.startswith("meft"):
+        model = peftkit.get_peft_model(model, peftkit.MeftConfig(task_type=task_type, variant=int(setup[-1])))
+    model.train()
+    return model, inputs, report
+
+
+def saved_activation_bytes(model, inputs) -> int:
+    import torch
+
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(**inputs).loss
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return sum(seen.values())
+
+
+def worker(setup: str, lm: bool, batch: int, length: int, warmup: int, steps: int) -> dict:
+    import torch
+
+    from peftkit.bench.memory import peak_rss_mib, reset_peak_rss, rss_mib
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    model, inputs, report = build(setup, lm, batch, length)
+    saved = saved_activation_bytes(model, inputs)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    before = rss_mib()
+    reset_peak_rss()
+    times = []
+    for step in range(warmup + steps):
+        started = time.perf_counter()
+        model(**inputs).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step >= warmup:
+            times.append(time.perf_counter() - started)
+    return {"setup": setup, "saved_mib": saved / 2**20, "peak_growth_mib": peak_rss_mib() - before,
+            "step_seconds": statistics.median(times),
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "linear_weight_ratio": report.ratio if report else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--setups", default=",".join(SETUPS))
+    parser.add_argument("--lm", action="store_true", help="SmolLM2-135M-Instruct instead of MiniLM")
+    parser.add_argument("--batch", type=int)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--worker")
+    args = parser.parse_args()
+    batch = args.batch or (4 if args.lm else 32)
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.lm, batch, args.length, args.warmup, args.steps)))
+        return
+    rows = {}
+    for setup in args.setups.split(","):
+        command = [sys.executable, __file__, "--worker", setup, "--batch", str(batch), "--length", str(args.length),
+                   "--warmup", str(args.warmup), "--steps", str(args.steps)] + (["--lm"] if args.lm else [])
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"{setup}: failed: {done.stderr.strip().splitlines()[-1]}", file=sys.stderr)
+            continue
+        rows[setup] = json.loads(done.stdout.strip().splitlines()[-1])
+    name = "SmolLM2-135M-Instruct" if args.lm else "all-MiniLM-L6-v2"
+    print(f"{name}, batch {batch} x {args.length}, float32, 2 threads; median of {args.steps} steps")
+    print("| setup | trainable | saved for backward MiB | x full | x LoRA | peak growth MiB | x full | x LoRA "
+          "| s/step | x full | x LoRA | NF4 / fp32 linear weights |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    full, lora = rows.get("full"), rows.get("lora")
+    for setup, row in rows.items():
+        def ratio(key, reference, row=row):
+            return f"{row[key] / reference[key]:.2f}" if reference else "-"
+        quantized = f"{row['linear_weight_ratio']:.3f}" if row["linear_weight_ratio"] else "-"
+        print(f"| {setup} | {row['trainable']:,} | {row['saved_mib']:.1f} | {ratio('saved_mib', full)} | "
+              f"{ratio('saved_mib', lora)} | {row['peak_growth_mib']:.0f} | {ratio('peak_growth_mib', full)} | "
+              f"{ratio('peak_growth_mib', lora)} | {row['step_seconds']:.3f} | {ratio('step_seconds', full)} | "
+              f"{ratio('step_seconds', lora)} | {quantized} |")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"memory_methods{'_lm' if args.lm else ''}.json").write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""What every `peftkit train` recipe shares: options, method configs and defaults, the Trainer run, the result.
+
+The recipes (text classification, causal LM) build their data and model, then ``run_trainer`` trains
+on transformers' ``Trainer`` with a tqdm bar over optimizer steps that records the loss and each step's
+time.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from peftkit.core.quantization import quantize_nf4
+from peftkit.core.registry import method_by_name
+
+# Method settings used by `peftkit train` unless the user sets them (LoRA on every linear layer).
+METHOD_DEFAULTS = {
+    "lora": {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"},
+    "prompt": {"prompt_tuning_init": "SAMPLE_VOCAB"},
+}
+# Learning rates used unless --lr is given: what each method needs on a small encoder. "full" trains
+# every weight of the model (no adapter): the reference the methods are measured against.
+LEARNING_RATES = {"lora": 1e-3, "qlora": 1e-3, "adapter": 2e-3, "ia3": 2e-2, "bitfit": 2e-3, "ln": 2e-3,
+                  "prompt": 3e-2, "ptuning": 3e-3, "prefix": 1e-2, "meft": 2e-3, "full": 5e-5}
+FULL_FINE_TUNING = "full"
+# Methods that are another method on a quantised base model: name -> (adapter method, base quantisation).
+QUANTIZED_METHODS = {"qlora": ("lora", "nf4")}
+TASK_FILE = "peftkit_task.json"
+
+
+@dataclass
+class TrainOptions:
+    task: str = "classification"  # or "causal-lm"
+    train: str | None = None
+    eval: str | None = None
+    model: str | None = None
+    method: str = "lora"
+    epochs: float = 1.0
+    max_steps: int | None = None  # overrides epochs
+    lr: float | None = None
+    batch_size: int = 32
+    max_length: int = 128
+    seed: int = 42
+    bf16: bool = False  # bfloat16 autocast (CUDA, or a CPU with AVX-512 BF16 / AMX)
+    output: str = "peftkit-adapter"
+    text_column: str | None = None
+    text_pair_column: str | None = None
+    label_column: str | None = None
+    eval_fraction: float = 0.1
+    method_options: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    method: str
+    model_dir: Path
+    train_examples: int
+    eval_examples: int
+    labels: list[str]  # classification labels, or the candidate answers scored for accuracy
+    trainable_parameters: int
+    total_parameters: int
+    accuracy: float | None  # None: the evaluation answers are free text (see eval_loss)
+    correct: int
+    train_seconds: float
+    wall_seconds: float
+    peak_memory_mib: float
+    output: Path
+    losses: list[float]
+    step_seconds: list[float]
+    eval_loss: float | None = None
+    steps: int = 0
+
+
+class ProgressBar(TrainerCallback):
+    """A tqdm bar over optimizer steps showing the latest loss and the learning rate."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.losses: list[float] = []
+        self.step_seconds: list[float] = []
+        self._last = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        interactive = sys.stderr.isatty()
+        self.bar = tqdm(total=state.max_steps, desc="training", unit="step", dynamic_ncols=True, file=sys.stderr,
+                        mininterval=0.5 if interactive else 15)
+        self._last = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        self.step_seconds.append(now - self._last)
+        self._last = now
+        self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses.append(float(logs["loss"]))
+            self.bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs.get('learning_rate', 0):.2e}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.bar.close()
+
+
+def split_rows(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """A seeded random split: (kept for training, held out)."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    held_out = max(1, int(len(rows) * fraction))
+    return [rows[i] for i in order[held_out:]], [rows[i] for i in order[:held_out]]
+
+
+def label_question(labels: list[str]) -> str:
+    """The text a TEXT-initialised soft prompt starts from when none is given: the task's label words."""
+    return f"which fits best: {', '.join(labels)}?"
+
+
+def method_config(method: str, options: dict, task_type: str, model_dir: Path, labels: list[str]):
+    """The method's config from the recipe's defaults, the user's options and what the model folder and
+    labels supply (base model path; a TEXT soft prompt's tokenizer and label words)."""
+    spec = method_by_name(QUANTIZED_METHODS.get(method, (method,))[0])
+    settings = {**METHOD_DEFAULTS.get(spec.name, {}), **options, "task_type": task_type,
+                "base_model_name_or_path": str(model_dir)}
+    if settings.get("prompt_tuning_init") == "TEXT":
+        settings.setdefault("tokenizer_name_or_path", str(model_dir))
+        settings.setdefault("prompt_tuning_init_text", label_question(labels))
+    return spec.config_cls.from_dict(settings)
+
+
+def base_quantization(method: str) -> str | None:
+    return QUANTIZED_METHODS.get(method, (None, None))[1]
+
+
+def quantize_base(model: torch.nn.Module, quantization: str | None) -> None:
+    """Store the base model's linear weights as the method wants them (QLoRA: NF4)."""
+    if quantization == "nf4":
+        quantize_nf4(model)
+
+
+def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, all) parameters."""
+    return (sum(p.numel() for p in model.parameters() if p.requires_grad),
+            sum(p.numel() for p in model.parameters()))
+
+
+def autocast(options: TrainOptions):
+    """The training precision for evaluation too: bfloat16 autocast when ``options.bf16``."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=options.bf16)
+
+
+def run_trainer(model, dataset, collator, options: TrainOptions, learning_rate: float,
+                trainer_cls: type[Trainer] = Trainer) -> tuple[ProgressBar, float]:
+    """Train on transformers' Trainer (linear schedule, 6 % warm-up, no checkpoints); (progress, seconds)."""
+    progress = ProgressBar()
+    with tempfile.TemporaryDirectory(prefix="peftkit-trainer-") as scratch:
+        arguments = TrainingArguments(
+            output_dir=scratch, num_train_epochs=options.epochs, max_steps=options.max_steps or -1,
+            learning_rate=learning_rate, per_device_train_batch_size=options.batch_size, warmup_steps=0.06,
+            lr_scheduler_type="linear", weight_decay=0.0, logging_steps=10, save_strategy="no", report_to="none",
+            disable_tqdm=True, seed=options.seed, remove_unused_columns=False, bf16=options.bf16,
+            use_cpu=not torch.cuda.is_available(),
+        )
+        trainer = trainer_cls(model=model, args=arguments, train_dataset=dataset, data_collator=collator,
+                              callbacks=[progress])
+        trainer.remove_callback(ProgressCallback)
+        trainer.remove_callback(PrinterCallback)
+        started = time.perf_counter()
+        trainer.train()
+        return progress, time.perf_counter() - started
