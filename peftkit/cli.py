@@ -100,7 +100,18 @@ def _print_summary(options, result) -> None:
     print(f"  wall time:            {int(minutes)}m {seconds:04.1f}s (training {result.train_seconds:.1f}s, "
           f"{result.steps} steps)")
     print(f"  peak memory:          {result.peak_memory_mib:,.0f} MiB")
-    print(f"  adapter saved to:     {result.output}/ (peft format: peft.PeftModel.from_pretrained reads it)")
+    print(f"  adapter saved to:     {result.output}/ ({_format_note(options.method)})")
+
+
+def _format_note(method: str) -> str:
+    from peftkit.core.registry import method_by_name
+    from peftkit.recipes.training import FULL_FINE_TUNING, QUANTIZED_METHODS
+
+    if method == FULL_FINE_TUNING:
+        return "a transformers model folder"
+    if method_by_name(QUANTIZED_METHODS.get(method, (method,))[0]).peft_reads:
+        return "peft format: peft.PeftModel.from_pretrained reads it"
+    return "peft's file layout; peft has no such method, peftkit.PeftModel.from_pretrained reads it"
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

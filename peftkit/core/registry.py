@@ -22,6 +22,7 @@ class Method:
     layers: dict[type[nn.Module], type[AdapterLayer]]
     layers_note: str = ""  # what else a module needs, for error messages (e.g. " with a bias")
     prompt_cls: type | None = None  # prompt-learning methods: a PromptAdapter class instead of layers
+    peft_reads: bool = True  # Hugging Face peft has this method and reads its checkpoints
 
     def layer_for(self, module: nn.Module) -> type[AdapterLayer] | None:
         for base_type, layer_cls in self.layers.items():

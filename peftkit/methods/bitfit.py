@@ -69,4 +69,5 @@ class BiasDelta(AdapterLayer):
 
 
 register_method(Method(name="bitfit", config_cls=BitFitConfig, layers_note=" with a bias",
-                       layers={nn.Linear: BiasDelta, Conv1D: BiasDelta, nn.LayerNorm: BiasDelta}))
+                       layers={nn.Linear: BiasDelta, Conv1D: BiasDelta, nn.LayerNorm: BiasDelta},
+                       peft_reads=False))

@@ -268,4 +268,4 @@ def _common_prefix(a: str, b: str) -> str:
 
 
 register_method(Method(name="adapter", config_cls=BottleneckConfig, layers={nn.Module: BottleneckLayer},
-                       layers_note=" holding a Linear or Conv1D"))
+                       layers_note=" holding a Linear or Conv1D", peft_reads=False))

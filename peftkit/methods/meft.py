@@ -297,4 +297,5 @@ class MeftLayer(AdapterLayer):
 
 
 register_method(Method(name="meft", config_cls=MeftConfig, layers={nn.Module: MeftLayer},
-                       layers_note=" that is a transformer layer (BERT-style encoder or Llama-style decoder)"))
+                       layers_note=" that is a transformer layer (BERT-style encoder or Llama-style decoder)",
+                       peft_reads=False))

