@@ -25,3 +25,6 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/lora_vs_peft.py --dropout 0.1
 	$(BIN)/python benchmarks/lora_vs_peft.py --dropout 0
+	$(BIN)/python benchmarks/memory_methods.py
+	$(BIN)/python benchmarks/meft_reconstruction.py
+	$(BIN)/python benchmarks/methods_sst2.py

@@ -23,8 +23,15 @@ Training runs the bottom ``reversible_layers`` layers (default: all) through ``R
 only their last outputs are kept and the backward pass rebuilds each layer's inputs by inversion, so
 activation memory stays that of one layer. Layers above run the same coupling with ordinary autograd.
 Choices the paper leaves open: the adapters use ReLU and scaling s = 1 (both settable); a
-parallel adapter on a pre-norm block reads the normed input. Inversion divides by λ and β, so its error
-grows by about 1/min(λ, β) per layer in float32 (see ``benchmarks/meft_reconstruction.py``).
+parallel adapter on a pre-norm block reads the normed input.
+
+Precision: inversion divides by λ and β, so the rounding of each sum λ·x₁ + F(x₂) grows about
+1/min(λ, β)-fold per layer on the way down (``benchmarks/meft_reconstruction.py`` prints the error of
+the rebuilt bottom input against depth: MEFT1 on the bundled MiniLM, 6 float32 layers: 9.4e-2).
+``wide_streams=True`` keeps the two streams and their sums one precision wider than the layers (float64
+for a float32 model, float32 for bfloat16 / float16) while F and G run in the layer's dtype: about ten
+times less error there (7.8e-3), for about a fifth more peak memory (``benchmarks/memory_methods.py``).
+Deeper float32 models should make only their bottom layers reversible (``reversible_layers``).
 Supported layers: post-norm encoder layers (BERT family) and pre-norm decoder layers (Llama family).
 MEFT changes how layers connect, so it cannot be merged into the weights.
 """
@@ -62,6 +69,7 @@ class MeftConfig(TargetedConfig):
     non_linearity: str = "relu"
     scaling: float = 1.0
     adapter_dropout: float = 0.0
+    wide_streams: bool = False  # keep the streams one precision wider than the layers (see the module docstring)
 
     def validate(self) -> None:
         super().validate()
@@ -174,6 +182,7 @@ class MeftStep:
         self.layer, self.name, self.arguments = layer, name, arguments
         self.parts = parts_of(layer.base)
         self.variant = layer.settings[name].variant
+        self.dtype = next(layer.base.parameters()).dtype
 
     def _adapter(self, role: str):
         block, scale = getattr(self.layer, role)[self.name], self.layer.settings[self.name].scaling
@@ -184,30 +193,40 @@ class MeftStep:
         return self.parts.feed_forward(base, self.parts.attention(base, x, self.arguments, None), adapter)
 
     def F(self, x: torch.Tensor) -> torch.Tensor:
+        """F in the layer's dtype, handed back in the streams' (possibly wider) dtype."""
+        inner = x.to(self.dtype)
         if self.variant == 1:
-            return self._pretrained_layer(x, self._adapter("meft_f"))
-        if self.variant == 2:
-            return self._adapter("meft_f")(x)
-        return self.parts.attention(self.layer.base, x, self.arguments, self._adapter("meft_f"))
+            out = self._pretrained_layer(inner, self._adapter("meft_f"))
+        elif self.variant == 2:
+            out = self._adapter("meft_f")(inner)
+        else:
+            out = self.parts.attention(self.layer.base, inner, self.arguments, self._adapter("meft_f"))
+        return out.to(x.dtype)
 
     def G(self, y: torch.Tensor) -> torch.Tensor:
+        inner = y.to(self.dtype)
         if self.variant == 1:
-            return self._adapter("meft_g")(y)
-        if self.variant == 2:
-            return self._pretrained_layer(y)
-        return self.parts.feed_forward(self.layer.base, y, self._adapter("meft_g"))
+            out = self._adapter("meft_g")(inner)
+        elif self.variant == 2:
+            out = self._pretrained_layer(inner)
+        else:
+            out = self.parts.feed_forward(self.layer.base, inner, self._adapter("meft_g"))
+        return out.to(y.dtype)
 
     def trainable(self) -> list[nn.Parameter]:
         return [p for p in self.layer.parameters() if p.requires_grad]
 
 
+WIDER = {torch.float32: torch.float64, torch.bfloat16: torch.float32, torch.float16: torch.float32}
+
+
 def run_streams(segment: list[MeftLayer], name: str, hidden: torch.Tensor, arguments: dict):
-    """The two streams after the segment's layers, starting from (hidden, hidden)."""
+    """The two streams after the segment's layers, starting from (hidden, hidden), in the streams' dtype."""
     config = segment[0].settings[name]
     coupling = config.coupling()
     steps = [MeftStep(layer, name, arguments) for layer in segment]
     reversible = len(steps) if config.reversible_layers is None else min(config.reversible_layers, len(steps))
-    x1 = x2 = hidden
+    x1 = x2 = hidden.to(WIDER.get(hidden.dtype, hidden.dtype)) if config.wide_streams else hidden
     params = [p for step in steps[:reversible] for p in step.trainable()]
     if reversible and torch.is_grad_enabled() and (params or hidden.requires_grad):
         for step in steps:
@@ -293,7 +312,7 @@ class MeftLayer(AdapterLayer):
         if self is not segment[0]:
             return hidden  # computed by the stack's bottom layer
         x1, x2 = run_streams(segment, name, hidden, arguments)
-        return (x1 + x2) / 2
+        return ((x1 + x2) / 2).to(hidden.dtype)
 
 
 register_method(Method(name="meft", config_cls=MeftConfig, layers={nn.Module: MeftLayer},

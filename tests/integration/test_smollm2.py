@@ -21,9 +21,10 @@ def test_qlora_on_smollm2_beats_zero_shot_and_generates_labels(tmp_path):
     _, zero_shot, _ = score_answers(model, tokenizer, load_lm_examples(tokenizer, dev), max_length=128)
     del model
     result = train_causal_lm(TrainOptions(
-        task="causal-lm", method="qlora", eval=str(dev), max_steps=12, batch_size=8, lr=5e-4,
+        task="causal-lm", method="qlora", eval=str(dev), max_steps=24, batch_size=16, lr=1e-3, bf16=True,
         output=str(tmp_path / "adapter"), method_options={"layers_to_transform": list(range(10, 30))}))
-    assert result.accuracy >= 0.80 and result.correct >= zero_shot + 0.10 * DEV_EXAMPLES
+    # measured 2026-11-27: zero-shot 136/200, after 24 QLoRA steps 168/200
+    assert result.accuracy >= 0.80 and result.correct >= zero_shot + 0.10 * DEV_EXAMPLES, (zero_shot, result.correct)
     tokenizer, tuned = load_adapter_for_generation(str(tmp_path / "adapter"))
     answer = generate_text(tokenizer, tuned, "Is the sentiment of this movie review positive or negative?\n\n"
                                              "Review: a warm , funny and wonderfully acted film .", max_new_tokens=3)

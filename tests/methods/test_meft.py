@@ -199,3 +199,15 @@ def test_bad_meft_settings_are_named():
         peftkit.get_peft_model(deep_bert(3), MeftConfig(layers_to_transform=[0, 2]))
     with pytest.raises(ConfigError, match="transformer layer"):
         peftkit.get_peft_model(tiny_model("gpt2"), MeftConfig())
+
+
+def test_wide_streams_keep_float32_layers_and_match_the_narrow_result():
+    narrow = meft_model("bert", 1, dtype=torch.float32)
+    wide = meft_model("bert", 1, dtype=torch.float32, wide_streams=True)
+    batch = tiny_batch()
+    out_narrow, grads_narrow = loss_and_grads(narrow, batch)
+    out_wide, grads_wide = loss_and_grads(wide, batch)
+    assert out_wide.dtype == torch.float32
+    assert torch.allclose(out_wide, out_narrow, atol=1e-5)
+    for name, grad in grads_narrow.items():
+        assert (grads_wide[name] - grad).norm() <= 1e-4 * grad.norm(), name
