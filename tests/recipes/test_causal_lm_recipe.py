@@ -57,3 +57,18 @@ def test_lora_learns_a_toy_task_ranks_answers_and_generates(tmp_path):
     assert result.eval_loss < untrained[0] - 0.4  # the tiny model's frozen head keeps its logits small
     tokenizer, model = load_adapter_for_generation(str(tmp_path / "adapter"))
     assert generate_text(tokenizer, model, "review dull plot ", max_new_tokens=2, chat=False).split() == ["negative"]
+
+
+def test_cli_trains_a_causal_lm_adapter_and_generates(tmp_path, capsys):
+    from peftkit.cli import main
+
+    model_dir, data = write_model_and_data(tmp_path)
+    out = tmp_path / "cli-adapter"
+    assert main(["train", "--task", "causal-lm", "--model", str(model_dir), "--train", str(data), "--eval", str(data),
+                 "--max-steps", "60", "--batch-size", "8", "--lr", "1e-2", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "eval accuracy:  1.0000 (24/24)" in printed and "60 steps" in printed and "eval loss:" in printed
+    assert main(["generate", "--adapter", str(out), "--prompt", "review great plot ", "--raw",
+                 "--max-new-tokens", "1"]) == 0
+    assert capsys.readouterr().out.split() == ["positive"]
+    assert main(["train", "--task", "causal-lm", "--model", str(model_dir), "--train", str(model_dir / "config.json")]) == 2
