@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from transformers import logging  # noqa: E402
 
-from peftkit.bench.memory import peak_rss_mib, reset_peak_rss, rss_mib  # noqa: E402
+from peftkit.bench.memory import SavedForBackward, peak_rss_mib, reset_peak_rss, rss_mib  # noqa: E402
 
 logging.set_verbosity_error()
 logging.disable_progress_bar()
@@ -70,17 +70,11 @@ def step(model, batch, optimizer) -> None:
 
 
 def saved_for_backward_bytes(model, batch) -> int:
-    seen: dict[int, int] = {}
-
-    def pack(tensor):
-        seen[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with SavedForBackward() as saved:
         loss = model(**batch).loss
     loss.backward()
     model.zero_grad(set_to_none=True)
-    return sum(seen.values())
+    return saved.bytes
 
 
 def memory_worker(implementation: str, steps: int, dropout: float) -> dict:

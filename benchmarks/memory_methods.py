@@ -69,26 +69,13 @@ def build(setup: str, lm: bool, batch: int, length: int):
 
 
 def saved_activation_bytes(model, inputs) -> int:
-    import torch
+    from peftkit.bench.memory import SavedForBackward
 
-    from peftkit.core.quantization import is_nf4
-
-    parameters = {p.untyped_storage().data_ptr() for p in model.parameters() if not is_nf4(p)}
-    seen: dict[int, int] = {}
-
-    def pack(tensor):
-        if is_nf4(tensor):  # a frozen 4-bit weight, not an activation
-            return tensor
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameters:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with SavedForBackward(skip=model.parameters()) as saved:
         loss = model(**inputs).loss
     loss.backward()
     model.zero_grad(set_to_none=True)
-    return sum(seen.values())
+    return saved.bytes
 
 
 def worker(setup: str, lm: bool, batch: int, length: int, warmup: int, steps: int) -> dict:

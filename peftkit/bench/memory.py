@@ -43,3 +43,44 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+class SavedForBackward:
+    """Bytes of the distinct storages autograd saves for backward while the block runs.
+
+    ``skip`` holds tensors not to count (e.g. the model's parameters, to count activations only); 4-bit
+    NF4 weights, which have no plain storage, are never counted.
+
+        with SavedForBackward(skip=model.parameters()) as saved:
+            loss = model(**batch).loss
+        saved.bytes
+    """
+
+    def __init__(self, skip=()) -> None:
+        from peftkit.core.quantization import is_nf4
+
+        self._is_nf4 = is_nf4
+        self._skip = {t.untyped_storage().data_ptr() for t in skip if not is_nf4(t)}
+        self._seen: dict[int, int] = {}
+        self._hooks = None
+
+    def _pack(self, tensor):
+        if not self._is_nf4(tensor):
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() not in self._skip:
+                self._seen[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    def __enter__(self) -> SavedForBackward:
+        import torch
+
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+
+    @property
+    def bytes(self) -> int:
+        return sum(self._seen.values())

@@ -24,21 +24,20 @@ from transformers import Trainer
 from peftkit.bench.memory import peak_rss_mib
 from peftkit.core.checkpoint import CONFIG_NAME, read_json, write_json
 from peftkit.core.errors import CheckpointError
-from peftkit.core.peft_model import PeftModel, get_peft_model
+from peftkit.core.peft_model import PeftModel
 from peftkit.core.pretrained import load_causal_lm, resolve_causal_lm_dir
 from peftkit.recipes.training import (
-    FULL_FINE_TUNING,
     LEARNING_RATES,
     TASK_FILE,
     TrainOptions,
     TrainResult,
     autocast,
-    base_quantization,
-    method_config,
     parameter_counts,
     quantize_base,
+    recipe_config,
     run_trainer,
     split_rows,
+    with_method,
 )
 from peftkit.tasks.causal_lm import IGNORE, Example, encode, load_lm_examples, sst2_instruction_rows
 from peftkit.tasks.data import read_rows
@@ -147,19 +146,17 @@ def _ranked_first(model, tokenizer, example: Example, candidates, candidate_ids,
     return candidates[int(log_probs.sum(1).argmax())]
 
 
-def _data(options: TrainOptions, tokenizer) -> tuple[list[Example], list[Example], str]:
+def _data(options: TrainOptions, tokenizer) -> tuple[list[Example], list[Example]]:
     if options.train:
         train_rows = read_rows(options.train)
         if options.eval:
-            return (load_lm_examples(tokenizer, options.train, train_rows),
-                    load_lm_examples(tokenizer, options.eval), options.train)
+            return load_lm_examples(tokenizer, options.train, train_rows), load_lm_examples(tokenizer, options.eval)
         kept, held_out = split_rows(train_rows, options.eval_fraction, options.seed)
-        return (load_lm_examples(tokenizer, options.train, kept), load_lm_examples(tokenizer, options.train, held_out),
-                options.train)
+        return load_lm_examples(tokenizer, options.train, kept), load_lm_examples(tokenizer, options.train, held_out)
     train = load_lm_examples(tokenizer, "SST-2 train (bundled)", sst2_instruction_rows("train"))
     evaluation = (load_lm_examples(tokenizer, options.eval) if options.eval else
                   load_lm_examples(tokenizer, "SST-2 dev (bundled)", sst2_instruction_rows("dev")))
-    return train, evaluation, "SST-2 as an instruction task (bundled)"
+    return train, evaluation
 
 
 def train_causal_lm(options: TrainOptions) -> TrainResult:
@@ -168,12 +165,8 @@ def train_causal_lm(options: TrainOptions) -> TrainResult:
     torch.manual_seed(options.seed)
     model_dir = resolve_causal_lm_dir(options.model)
     tokenizer, model = load_causal_lm(model_dir)
-    train_examples, eval_examples, _ = _data(options, tokenizer)
-    quantization = base_quantization(options.method)
-    quantize_base(model, quantization)
-    full = options.method == FULL_FINE_TUNING
-    peft_model = model if full else get_peft_model(
-        model, method_config(options.method, options.method_options, "CAUSAL_LM", model_dir, []))
+    train_examples, eval_examples = _data(options, tokenizer)
+    peft_model, quantization = with_method(model, options.method, recipe_config(options, "CAUSAL_LM", model_dir, []))
     trainable, total = parameter_counts(peft_model)
     learning_rate = options.lr or CAUSAL_LM_LEARNING_RATES.get(options.method, LEARNING_RATES.get(options.method, 1e-4))
     dataset = [encode(tokenizer, e, options.max_length) for e in train_examples]

@@ -17,22 +17,21 @@ from transformers import DataCollatorWithPadding
 
 from peftkit.bench.memory import peak_rss_mib
 from peftkit.core.checkpoint import CONFIG_NAME, read_json, write_json
-from peftkit.core.errors import CheckpointError, ConfigError
-from peftkit.core.peft_model import PeftModel, get_peft_model
+from peftkit.core.errors import CheckpointError
+from peftkit.core.peft_model import PeftModel
 from peftkit.core.pretrained import load_sequence_classifier, resolve_model_dir
 from peftkit.recipes.training import (
-    FULL_FINE_TUNING,
     LEARNING_RATES,
     TASK_FILE,
     TrainOptions,
     TrainResult,
     autocast,
-    base_quantization,
-    method_config,
     parameter_counts,
     quantize_base,
+    recipe_config,
     run_trainer,
     split_rows,
+    with_method,
 )
 from peftkit.tasks.classification import Columns, LabelSet, bundled_sst2, find_columns, load_examples, tokenize
 from peftkit.tasks.data import read_rows
@@ -57,17 +56,11 @@ def train_classifier(options: TrainOptions) -> TrainResult:
         eval_rows = read_rows(eval_path)
     train_examples, labels = load_examples(train_path, columns, rows=train_rows)
     eval_examples, _ = load_examples(eval_path, columns, labels, rows=eval_rows)
-    full = options.method == FULL_FINE_TUNING
-    if full and options.method_options:
-        raise ConfigError(f"method options {sorted(options.method_options)} do not apply to full fine-tuning")
-    config = None if full else method_config(options.method, options.method_options, "SEQ_CLS", model_dir,
-                                             labels.names)
+    config = recipe_config(options, "SEQ_CLS", model_dir, labels.names)
     learning_rate = options.lr or LEARNING_RATES.get(options.method, 1e-3)
 
     tokenizer, model = load_sequence_classifier(model_dir, labels.names)
-    quantization = base_quantization(options.method)
-    quantize_base(model, quantization)
-    peft_model = model if full else get_peft_model(model, config)
+    peft_model, quantization = with_method(model, options.method, config)
     trainable, total = parameter_counts(peft_model)
     dataset = tokenize(tokenizer, train_examples, options.max_length)
     progress, train_seconds = run_trainer(peft_model, dataset, DataCollatorWithPadding(tokenizer), options,

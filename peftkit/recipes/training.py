@@ -19,6 +19,8 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from peftkit.core.errors import ConfigError
+from peftkit.core.peft_model import get_peft_model
 from peftkit.core.quantization import quantize_nf4
 from peftkit.core.registry import method_by_name
 
@@ -137,6 +139,23 @@ def method_config(method: str, options: dict, task_type: str, model_dir: Path, l
 
 def base_quantization(method: str) -> str | None:
     return QUANTIZED_METHODS.get(method, (None, None))[1]
+
+
+def recipe_config(options: TrainOptions, task_type: str, model_dir: Path, labels: list[str]):
+    """The method's config for a recipe, or None for full fine-tuning (which takes no method options)."""
+    if options.method == FULL_FINE_TUNING:
+        if options.method_options:
+            raise ConfigError(f"method options {sorted(options.method_options)} do not apply to full fine-tuning")
+        return None
+    return method_config(options.method, options.method_options, task_type, model_dir, labels)
+
+
+def with_method(model: torch.nn.Module, method: str, config) -> tuple[torch.nn.Module, str | None]:
+    """(the model to train, its base quantisation): quantised as the method wants, wrapped with the
+    adapter unless ``config`` is None (full fine-tuning)."""
+    quantization = base_quantization(method)
+    quantize_base(model, quantization)
+    return (model if config is None else get_peft_model(model, config)), quantization
 
 
 def quantize_base(model: torch.nn.Module, quantization: str | None) -> None:

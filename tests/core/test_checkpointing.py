@@ -6,21 +6,16 @@ import torch
 
 import peftkit
 from peftkit import LoraConfig
+from peftkit.bench.memory import SavedForBackward
 from tests.conftest import randomize_trainable, tiny_batch, tiny_model
 
 
 def grads_and_saved(model, batch):
-    seen = {}
-
-    def pack(tensor):
-        seen[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
-        return tensor
-
     model.zero_grad(set_to_none=True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with SavedForBackward() as saved:
         loss = model(**batch).logits.pow(2).mean()
     loss.backward()
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, sum(seen.values())
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, saved.bytes
 
 
 @pytest.mark.parametrize("kind", ["bert", "llama"])

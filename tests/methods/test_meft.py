@@ -6,6 +6,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 import peftkit
 from peftkit import ConfigError, MeftConfig
+from peftkit.bench.memory import SavedForBackward
 from peftkit.methods.meft import MeftLayer, MeftStep, run_streams
 from peftkit.methods.reversible import coupled, inverted
 from tests.conftest import assert_changed, logits, randomize_trainable, tiny_batch, tiny_model
@@ -126,19 +127,10 @@ def kind_llama_or_bert(request):
 
 
 def saved_activation_bytes(model, batch) -> int:
-    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameters:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with SavedForBackward(skip=model.parameters()) as saved:
         loss = model(**batch).logits.sum()
     loss.backward()
-    return sum(seen.values())
+    return saved.bytes
 
 
 def deep_bert(layers):
