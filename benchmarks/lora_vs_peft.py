@@ -1,15 +1,17 @@
 """LoRA training step: peftkit against Hugging Face peft, same model, same batch, one run.
 
-Model: the bundled all-MiniLM-L6-v2 with a classification head; batch: 32 SST-2 sentences padded to
-64 tokens; LoRA r=8, alpha=16 on every linear layer (dropout 0.1, or --dropout), the head trained whole. Reported,
-each as a peftkit / peft ratio:
+Models: the bundled all-MiniLM-L6-v2 with a classification head (batch: 32 SST-2 sentences padded to
+128 tokens; the head trained whole), or with ``--lm`` SmolLM2-135M-Instruct as a causal LM (batch 8 × 128,
+next-token loss on the same sentences). LoRA r=8, alpha=16 on every linear layer, lora_dropout 0 (or
+--dropout); the models' own dropout as configured (MiniLM: 0.1 on hidden states and attention). peftkit
+runs with its default lean training (``peftkit.core.lean``). Reported, each as a peftkit / peft ratio:
 
 * step time (forward, backward, AdamW step): median over interleaved rounds in this process;
 * peak memory: growth of the peak RSS (VmHWM, reset after set-up) over the training steps, in a
   fresh subprocess per implementation (alternating, several times), median;
 * activation memory: bytes autograd saves for backward in one forward pass (exact, deterministic).
 
-Usage: python benchmarks/lora_vs_peft.py [--dropout 0.1] [--rounds 12] [--steps 5] [--memory-runs 3]
+Usage: python benchmarks/lora_vs_peft.py [--lm] [--dropout 0] [--rounds 12] [--steps 3] [--memory-runs 3]
 """
 
 from __future__ import annotations
@@ -34,30 +36,39 @@ from peftkit.bench.memory import SavedForBackward, peak_rss_mib, reset_peak_rss,
 logging.set_verbosity_error()
 logging.disable_progress_bar()
 
-BATCH, LENGTH = 32, 64
-SETTINGS = {"r": 8, "lora_alpha": 16, "target_modules": "all-linear", "task_type": "SEQ_CLS"}
+LENGTH = 128
+BATCH = {"minilm": 32, "smollm2": 8}
+SETTINGS = {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}
+TASK_TYPE = {"minilm": "SEQ_CLS", "smollm2": "CAUSAL_LM"}
 RESULTS = Path(__file__).parent / "results"
 
 
-def build(implementation: str, dropout: float):
-    from peftkit.core.pretrained import bundled_model_dir, load_sequence_classifier
+def build(implementation: str, dropout: float, model_name: str):
+    from peftkit.core.pretrained import bundled_model_dir, load_causal_lm, load_sequence_classifier, smollm2_dir
     from peftkit.tasks.classification import bundled_sst2
     from peftkit.tasks.data import read_rows
 
     torch.manual_seed(0)
-    tokenizer, model = load_sequence_classifier(bundled_model_dir(), ["negative", "positive"])
+    if model_name == "smollm2":
+        tokenizer, model = load_causal_lm(smollm2_dir())
+    else:
+        tokenizer, model = load_sequence_classifier(bundled_model_dir(), ["negative", "positive"])
+    settings = {**SETTINGS, "task_type": TASK_TYPE[model_name], "lora_dropout": dropout}
     if implementation == "peft":
         import peft
 
-        model = peft.get_peft_model(model, peft.LoraConfig(**SETTINGS, lora_dropout=dropout))
+        model = peft.get_peft_model(model, peft.LoraConfig(**settings))
     else:
         import peftkit
 
-        model = peftkit.get_peft_model(model, peftkit.LoraConfig(**SETTINGS, lora_dropout=dropout))
-    rows = read_rows(bundled_sst2("train"))[:BATCH]
+        model = peftkit.get_peft_model(model, peftkit.LoraConfig(**settings))
+    rows = read_rows(bundled_sst2("train"))[: BATCH[model_name]]
     batch = dict(tokenizer([r["text"] for r in rows], padding="max_length", truncation=True, max_length=LENGTH,
                            return_tensors="pt"))
-    batch["labels"] = torch.tensor([int(r["label"] == "positive") for r in rows])
+    if model_name == "smollm2":
+        batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    else:
+        batch["labels"] = torch.tensor([int(r["label"] == "positive") for r in rows])
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()
     return model, batch, optimizer
@@ -77,10 +88,10 @@ def saved_for_backward_bytes(model, batch) -> int:
     return saved.bytes
 
 
-def memory_worker(implementation: str, steps: int, dropout: float) -> dict:
+def memory_worker(implementation: str, steps: int, dropout: float, model_name: str) -> dict:
     """Run in a fresh process: peak RSS growth over the training steps."""
     torch.set_num_threads(2)
-    model, batch, optimizer = build(implementation, dropout)
+    model, batch, optimizer = build(implementation, dropout, model_name)
     before = rss_mib()
     reset_peak_rss()
     for _ in range(steps):
@@ -94,19 +105,21 @@ def median_ratio(ours: list[float], theirs: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--lm", action="store_true", help="SmolLM2-135M-Instruct instead of MiniLM")
     parser.add_argument("--rounds", type=int, default=12)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--memory-runs", type=int, default=3)
-    parser.add_argument("--dropout", type=float, default=0.1, help="lora_dropout (peft's default is 0)")
+    parser.add_argument("--dropout", type=float, default=0.0, help="lora_dropout (peft's default, 0)")
     parser.add_argument("--worker", choices=["peft", "peftkit"])
     args = parser.parse_args()
+    model_name = "smollm2" if args.lm else "minilm"
     if args.worker:
-        print(json.dumps(memory_worker(args.worker, args.steps, args.dropout)))
+        print(json.dumps(memory_worker(args.worker, args.steps, args.dropout, model_name)))
         return
 
     torch.set_num_threads(2)
     implementations = ["peft", "peftkit"]
-    setups = {name: build(name, args.dropout) for name in implementations}
+    setups = {name: build(name, args.dropout, model_name) for name in implementations}
     for name in implementations:  # warm-up
         step(*setups[name])
     times: dict[str, list[float]] = {name: [] for name in implementations}
@@ -125,7 +138,7 @@ def main() -> None:
     for _ in range(args.memory_runs):
         for name in implementations:
             output = subprocess.run([sys.executable, __file__, "--worker", name, "--steps", str(args.steps),
-                                     "--dropout", str(args.dropout)],
+                                     "--dropout", str(args.dropout)] + (["--lm"] if args.lm else []),
                                     capture_output=True, text=True, check=True)
             memory[name].append(json.loads(output.stdout.strip().splitlines()[-1])["peak_growth_mib"])
 
@@ -135,15 +148,16 @@ def main() -> None:
         ("saved for backward (MiB)", saved["peftkit"] / 2**20, saved["peft"] / 2**20),
         ("trainable parameters", trainable["peftkit"], trainable["peft"]),
     ]
-    print(f"LoRA r=8 all-linear, dropout {args.dropout}, MiniLM-L6 + head, batch {BATCH}x{LENGTH}, "
+    label = "SmolLM2-135M-Instruct" if args.lm else "MiniLM-L6 + head"
+    print(f"LoRA r=8 all-linear, lora_dropout {args.dropout}, {label}, batch {BATCH[model_name]}x{LENGTH}, "
           f"{torch.get_num_threads()} threads, {args.rounds}x{args.steps} timed steps each")
     print(f"{'measure':<34} {'peftkit':>12} {'peft':>12} {'peftkit/peft':>13}")
     for label, ours, theirs in rows:
         print(f"{label:<34} {ours:>12.4g} {theirs:>12.4g} {ours / theirs:>13.3f}")
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"lora_vs_peft_dropout{args.dropout:g}.json"
+    path = RESULTS / f"lora_vs_peft_{model_name}_dropout{args.dropout:g}.json"
     path.write_text(json.dumps({
-        "settings": {**SETTINGS, "lora_dropout": args.dropout}, "batch": [BATCH, LENGTH], "step_seconds": times, "peak_growth_mib": memory,
+        "model": label, "settings": {**SETTINGS, "lora_dropout": args.dropout}, "batch": [BATCH[model_name], LENGTH], "step_seconds": times, "peak_growth_mib": memory,
         "saved_for_backward_bytes": saved, "trainable_parameters": trainable,
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
                         "threads": torch.get_num_threads(), "machine": platform.machine()},

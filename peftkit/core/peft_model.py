@@ -38,6 +38,7 @@ from peftkit.core.composition import Composition, Fuse, Fusion, Parallel, Stack,
 from peftkit.core.config import PeftConfig
 from peftkit.core.errors import ConfigError
 from peftkit.core.layer import AdapterLayer, output_width
+from peftkit.core.lean import disable_lean_training, enable_lean_training
 from peftkit.core.modules_to_save import ModuleCopies, ModulesToSave
 from peftkit.core.prompt import SAVED_KEY, PromptAdapter
 from peftkit.core.registry import method_by_peft_type
@@ -56,13 +57,18 @@ def parameter_key(name: str) -> str:
     return re.sub(r"(\.base_layer)+", ".base_layer", name)
 
 
-def get_peft_model(model: nn.Module, config: PeftConfig, adapter_name: str = "default") -> PeftModel:
-    """Wrap ``model`` with a new adapter described by ``config``; the model is changed in place."""
-    return PeftModel(model, config, adapter_name=adapter_name)
+def get_peft_model(model: nn.Module, config: PeftConfig, adapter_name: str = "default",
+                   lean_training: bool = True) -> PeftModel:
+    """Wrap ``model`` with a new adapter described by ``config``; the model is changed in place.
+
+    ``lean_training`` (default on) keeps less for backward with the same maths (``core.lean``).
+    """
+    return PeftModel(model, config, adapter_name=adapter_name, lean_training=lean_training)
 
 
 class PeftModel(nn.Module):
-    def __init__(self, model: nn.Module, config: PeftConfig | None = None, adapter_name: str = "default") -> None:
+    def __init__(self, model: nn.Module, config: PeftConfig | None = None, adapter_name: str = "default",
+                 lean_training: bool = True) -> None:
         super().__init__()
         self.base_model = model
         self.prompt_adapters = nn.ModuleDict()  # prompt-learning adapters, by adapter name
@@ -73,6 +79,8 @@ class PeftModel(nn.Module):
         self.prompts_disabled = False
         if config is not None:
             self.add_adapter(adapter_name, config)
+        if lean_training:
+            enable_lean_training(model)
 
     def __getattr__(self, name: str):
         try:
@@ -368,6 +376,7 @@ class PeftModel(nn.Module):
         return self._unwrap_all()
 
     def _unwrap_all(self) -> nn.Module:
+        disable_lean_training(self.base_model)
         for name, layer in reversed(list(self.adapter_layers())):
             self._replace(name, layer.unwrapped())
         self.prompt_adapters.clear()

@@ -21,9 +21,13 @@ W (out × in) and bias b:
 Conv1D (GPT-2) stores its weight as in × out; the orientation is read from the module type, so
 ``fan_in_fan_out`` is kept only for peft's config format.
 
-With dropout in training, the update runs through ``DroppedLowRank``: it saves x (shared by q, k and
-v), a one-byte mask and the r-wide activation, where a plain ``B(A(dropout(x)))`` also keeps a dropped
-copy of x for every adapted module; its mask comes from 16-bit random numbers (``dropped_positions``).
+Training runs through one of two autograd functions. Without dropout, ``FusedLowRank`` computes the base
+output and the update in one buffer and saves x (shared by q, k and v) and the r-wide activation. With
+dropout, ``DroppedLowRank`` saves x, a one-byte mask and the r-wide activation, where a plain
+``B(A(dropout(x)))`` also keeps a dropped copy of x for every adapted module; its mask comes from 16-bit
+random numbers (``core.lean_ops.dropped_positions``). Under lean training both keep, for an x that is a
+norm's or activation's output, that module's input instead and recompute x in backward. DoRA, a
+quantised or trained base weight, or another method's layer in between take the plain path.
 """
 
 from __future__ import annotations
@@ -40,7 +44,9 @@ from transformers.pytorch_utils import Conv1D
 from peftkit.core.config import TargetedConfig, config_dataclass
 from peftkit.core.errors import ConfigError
 from peftkit.core.layer import AdapterLayer
-from peftkit.core.quantization import dequantized
+from peftkit.core.lean import kept_form, rebuilt
+from peftkit.core.lean_ops import dropped_positions
+from peftkit.core.quantization import dequantized, is_nf4
 from peftkit.core.registry import Method, register_method
 
 # Module names LoRA targets when a config leaves target_modules unset (peft's choices).
@@ -197,49 +203,71 @@ class _LoraLayer(AdapterLayer):
         return weight / ratio - self.delta_weight(name)
 
 
-def dropped_positions(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
-    """Which entries of x dropout zeroes, and the scale 1/(1 − p') for the rest.
-
-    Each position is dropped with probability p' = round(p·2¹⁶)/2¹⁶ (|p' − p| < 8e-6), decided by a
-    16-bit random number; one 64-bit draw of torch's generator gives four, which makes the mask about
-    four times cheaper on a CPU than ``bernoulli_``.
-    """
-    threshold = round(p * 65536)
-    count = x.numel()
-    bits = torch.randint(-(2**63), 2**63 - 1, ((count + 3) // 4,), dtype=torch.int64, device=x.device)
-    draws = bits.view(torch.int16)[:count].view(x.shape)  # uniform on [-32768, 32767]
-    return draws < threshold - 32768, 65536 / (65536 - threshold)
-
-
 class DroppedLowRank(torch.autograd.Function):
     """Δ = s · B A dropout(x), saving x, the dropped positions (one byte each) and A·dropout(x).
 
     The dropped copy of x (as large as x) is rebuilt from x and the positions in backward instead of
-    being kept, and dropout's 1/(1 − p) is applied on the r-wide side.
+    being kept, and dropout's 1/(1 − p) is applied on the r-wide side. Like ``FusedLowRank``, it keeps a
+    recomputable x's source instead of x (``core.lean.kept_form``).
     """
 
     @staticmethod
     def forward(ctx, x, weight_a, weight_b, scaling: float, p: float):
         dropped, keep_scale = dropped_positions(x, p)
         low = F.linear(x.masked_fill(dropped, 0), weight_a).mul_(keep_scale)
-        ctx.save_for_backward(x, dropped, weight_a, weight_b, low)
+        kept, ctx.rebuild = kept_form(x)
+        ctx.save_for_backward(dropped, weight_a, weight_b, low, *kept)
         ctx.scaling, ctx.keep_scale = scaling, keep_scale
         return F.linear(low, weight_b).mul_(scaling)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, dropped, weight_a, weight_b, low = ctx.saved_tensors
+        dropped, weight_a, weight_b, low, *kept = ctx.saved_tensors
         grad_low = (grad_out @ weight_b).mul_(ctx.scaling)
         grad_x = grad_a = grad_b = None
         if ctx.needs_input_grad[2]:
             grad_b = (grad_out.reshape(-1, grad_out.shape[-1]).T @ low.reshape(-1, low.shape[-1])).mul_(ctx.scaling)
         grad_low = grad_low.mul_(ctx.keep_scale)
         if ctx.needs_input_grad[1]:
-            kept_x = x.masked_fill(dropped, 0)
-            grad_a = grad_low.reshape(-1, grad_low.shape[-1]).T @ kept_x.reshape(-1, x.shape[-1])
+            kept_x = rebuilt(kept, ctx.rebuild).masked_fill(dropped, 0)
+            grad_a = grad_low.reshape(-1, grad_low.shape[-1]).T @ kept_x.reshape(-1, kept_x.shape[-1])
         if ctx.needs_input_grad[0]:
             grad_x = (grad_low @ weight_a).masked_fill_(dropped, 0)
         return grad_x, grad_a, grad_b, None, None
+
+
+class FusedLowRank(torch.autograd.Function):
+    """h = x Wᵀ + b + s · (x Aᵀ) Bᵀ for a frozen W and b, in one function (dropout 0).
+
+    Saves x (shared by q, k and v) and the r-wide x Aᵀ; when x is a tagged recomputable output
+    (``core.lean``: a norm or activation), it saves that module's input instead and rebuilds x in
+    backward. The update is added into the base output's buffer, with no separate copies.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, weight_a, weight_b, scaling: float):
+        low = F.linear(x, weight_a)
+        out = F.linear(x, weight, bias)
+        out.view(-1, out.shape[-1]).addmm_(low.view(-1, low.shape[-1]), weight_b.T, alpha=scaling)
+        kept, ctx.rebuild = kept_form(x)
+        ctx.save_for_backward(weight, weight_a, weight_b, low, *kept)
+        ctx.scaling = scaling
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        weight, weight_a, weight_b, low, *kept = ctx.saved_tensors
+        grad_rows = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_low = (grad_rows @ weight_b).mul_(ctx.scaling)
+        grad_x = grad_a = grad_b = None
+        if ctx.needs_input_grad[4]:
+            grad_b = (grad_rows.T @ low.reshape(-1, low.shape[-1])).mul_(ctx.scaling)
+        if ctx.needs_input_grad[3]:
+            x = rebuilt(kept, ctx.rebuild)
+            grad_a = grad_low.T @ x.reshape(-1, x.shape[-1])
+        if ctx.needs_input_grad[0]:
+            grad_x = (grad_rows @ weight).addmm_(grad_low, weight_a).view(*grad_out.shape[:-1], weight.shape[1])
+        return grad_x, None, None, grad_a, grad_b, None
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:
@@ -311,9 +339,26 @@ class LoraLinear(_LoraLayer):
     def _product(self, name: str) -> torch.Tensor:
         return self.lora_B[name].weight @ self.lora_A[name].weight
 
+    def _fusable(self, names: list[str], x: torch.Tensor) -> bool:
+        """Whether ``FusedLowRank`` computes this forward: one plain LoRA (no DoRA, no dropout) training on
+        a frozen float Linear / Conv1D of the input's dtype, with nothing else wrapped in between."""
+        if len(names) != 1 or not torch.is_grad_enabled() or isinstance(self.base_layer, AdapterLayer):
+            return False
+        name, weight, bias = names[0], self.weight, self.bias
+        lora_a = self.lora_A[name].weight
+        return (
+            name not in self.lora_magnitude_vector and isinstance(self.lora_dropout[name], nn.Identity)
+            and lora_a.requires_grad and not weight.requires_grad and (bias is None or not bias.requires_grad)
+            and not is_nf4(weight) and x.dtype == weight.dtype == lora_a.dtype
+        )
+
     def apply_adapters(self, names: list[str], x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        own = self.own(names)
+        if self._fusable(own, x):
+            return FusedLowRank.apply(x, self._out_in(self.weight), self.bias, self.lora_A[own[0]].weight,
+                                      self.lora_B[own[0]].weight, self.scaling[own[0]])
         result = self.call_base(names, x, *args, **kwargs)
-        for name in self.own(names):
+        for name in own:
             lora_A, lora_B, dropout = self.lora_A[name], self.lora_B[name], self.lora_dropout[name]
             lora_x = x.to(lora_A.weight.dtype)
             if name in self.lora_magnitude_vector:
