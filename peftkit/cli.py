@@ -176,22 +176,13 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from peftkit.core.checkpoint import CONFIG_NAME, read_json
-    from peftkit.core.peft_model import PeftModel
-    from peftkit.core.pretrained import load_sequence_classifier, resolve_model_dir
-    from peftkit.recipes.training import TASK_FILE, quantize_base
+    from peftkit.core.checkpoint import read_json
+    from peftkit.recipes.training import TASK_FILE, load_saved_adapter
 
-    adapter = Path(args.adapter)
-    base_name = read_json(adapter / CONFIG_NAME, "adapter config").get("base_model_name_or_path")
-    task = read_json(adapter / TASK_FILE, "peftkit task file")
-    if task.get("task") == "causal-lm":
-        from peftkit.core.pretrained import load_causal_lm, resolve_causal_lm_dir
-
-        tokenizer, base = load_causal_lm(resolve_causal_lm_dir(args.model or base_name))
-    else:
-        tokenizer, base = load_sequence_classifier(resolve_model_dir(args.model or base_name), task["labels"])
-    quantize_base(base, task.get("base_quantization"))  # QLoRA: merged into a dequantised copy, with a warning
-    merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+    task = read_json(Path(args.adapter) / TASK_FILE, "peftkit task file").get("task")
+    # QLoRA: the base is quantised as it was trained, then merged into a dequantised copy, with a warning
+    tokenizer, peft_model, _ = load_saved_adapter(args.adapter, task, args.model)
+    merged = peft_model.merge_and_unload()
     merged.save_pretrained(args.output)
     tokenizer.save_pretrained(args.output)
     print(f"merged model saved to {args.output}/ (an ordinary transformers model folder)")

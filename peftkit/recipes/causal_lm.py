@@ -22,8 +22,7 @@ import torch.nn.functional as F
 from transformers import Trainer
 
 from peftkit.bench.memory import peak_rss_mib
-from peftkit.core.checkpoint import CONFIG_NAME, read_json, write_json
-from peftkit.core.errors import CheckpointError
+from peftkit.core.checkpoint import write_json
 from peftkit.core.peft_model import PeftModel
 from peftkit.core.pretrained import load_causal_lm, resolve_causal_lm_dir
 from peftkit.recipes.training import (
@@ -32,8 +31,8 @@ from peftkit.recipes.training import (
     TrainOptions,
     TrainResult,
     autocast,
+    load_saved_adapter,
     parameter_counts,
-    quantize_base,
     recipe_config,
     run_trainer,
     split_rows,
@@ -190,14 +189,8 @@ def train_causal_lm(options: TrainOptions) -> TrainResult:
 
 def load_adapter_for_generation(adapter_dir: str, model: str | None = None):
     """(tokenizer, model with the adapter) from a saved causal-LM adapter folder."""
-    adapter_path = Path(adapter_dir)
-    base_name = read_json(adapter_path / CONFIG_NAME, "adapter config").get("base_model_name_or_path")
-    task = read_json(adapter_path / TASK_FILE, "peftkit task file") if (adapter_path / TASK_FILE).is_file() else {}
-    if task and task.get("task") != "causal-lm":
-        raise CheckpointError(f"{adapter_path}: a {task.get('task')} adapter, not a causal-LM one")
-    tokenizer, base = load_causal_lm(resolve_causal_lm_dir(model or base_name))
-    quantize_base(base, task.get("base_quantization"))
-    return tokenizer, PeftModel.from_pretrained(base, adapter_path).eval()
+    tokenizer, peft_model, _ = load_saved_adapter(adapter_dir, "causal-lm", model)
+    return tokenizer, peft_model.eval()
 
 
 @torch.no_grad()

@@ -16,9 +16,7 @@ import torch
 from transformers import DataCollatorWithPadding
 
 from peftkit.bench.memory import peak_rss_mib
-from peftkit.core.checkpoint import CONFIG_NAME, read_json, write_json
-from peftkit.core.errors import CheckpointError
-from peftkit.core.peft_model import PeftModel
+from peftkit.core.checkpoint import write_json
 from peftkit.core.pretrained import load_sequence_classifier, resolve_model_dir
 from peftkit.recipes.training import (
     LEARNING_RATES,
@@ -27,7 +25,7 @@ from peftkit.recipes.training import (
     TrainResult,
     autocast,
     parameter_counts,
-    quantize_base,
+    load_saved_adapter,
     recipe_config,
     run_trainer,
     split_rows,
@@ -109,18 +107,10 @@ class EvalResult:
 def evaluate_adapter(adapter_dir: str, eval_file: str, model: str | None = None,
                      batch_size: int = 128) -> EvalResult:
     """Score a saved classification adapter on a labelled file."""
-    adapter_path = Path(adapter_dir)
-    base_name = read_json(adapter_path / CONFIG_NAME, "adapter config").get("base_model_name_or_path")
-    task = read_json(adapter_path / TASK_FILE, "peftkit task file (was the adapter made by `peftkit train`?)")
-    if task.get("task") != "text-classification":
-        raise CheckpointError(f"{adapter_path / TASK_FILE}: not a text-classification adapter")
-    model_dir = resolve_model_dir(model or base_name)
+    tokenizer, peft_model, task = load_saved_adapter(adapter_dir, "text-classification", model)
     columns = Columns(text=task["text_column"], label=task["label_column"], text_pair=task["text_pair_column"])
     labels = LabelSet(task["labels"])
     examples, _ = load_examples(eval_file, columns, labels)
-    tokenizer, base = load_sequence_classifier(model_dir, labels.names)
-    quantize_base(base, task.get("base_quantization"))
-    peft_model = PeftModel.from_pretrained(base, adapter_path)
     correct = count_correct(peft_model, tokenizer, tokenize(tokenizer, examples, task["max_length"]), batch_size)
     return EvalResult(accuracy=correct / len(examples.labels), correct=correct, examples=len(examples.labels),
                       labels=labels.names)

@@ -19,8 +19,9 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from peftkit.core.errors import ConfigError
-from peftkit.core.peft_model import get_peft_model
+from peftkit.core.checkpoint import CONFIG_NAME, read_json
+from peftkit.core.errors import CheckpointError, ConfigError
+from peftkit.core.peft_model import PeftModel, get_peft_model
 from peftkit.core.quantization import quantize_nf4
 from peftkit.core.registry import method_by_name
 
@@ -162,6 +163,31 @@ def quantize_base(model: torch.nn.Module, quantization: str | None) -> None:
     """Store the base model's linear weights as the method wants them (QLoRA: NF4)."""
     if quantization == "nf4":
         quantize_nf4(model)
+
+
+def load_saved_adapter(adapter_dir: str | Path, task: str, model: str | None = None):
+    """(tokenizer, base model with the adapter, the saved task settings) for a folder written by
+    ``peftkit train``: the base named in the adapter config (or ``model``), quantised as it was trained.
+
+    A causal-LM adapter from another tool (no peftkit task file) loads as a causal-LM one.
+    """
+    from peftkit.core.pretrained import (load_causal_lm, load_sequence_classifier, resolve_causal_lm_dir,
+                                         resolve_model_dir)
+
+    folder = Path(adapter_dir)
+    base_name = read_json(folder / CONFIG_NAME, "adapter config").get("base_model_name_or_path")
+    if task == "causal-lm" and not (folder / TASK_FILE).is_file():
+        saved = {"task": task}
+    else:
+        saved = read_json(folder / TASK_FILE, "peftkit task file (was the adapter made by `peftkit train`?)")
+    if saved.get("task") != task:
+        raise CheckpointError(f"{folder}: a {saved.get('task')} adapter, not a {task} one")
+    if task == "causal-lm":
+        tokenizer, base = load_causal_lm(resolve_causal_lm_dir(model or base_name))
+    else:
+        tokenizer, base = load_sequence_classifier(resolve_model_dir(model or base_name), saved["labels"])
+    quantize_base(base, saved.get("base_quantization"))
+    return tokenizer, PeftModel.from_pretrained(base, folder), saved
 
 
 def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:

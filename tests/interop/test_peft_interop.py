@@ -6,7 +6,6 @@ import json
 
 import peft
 import pytest
-import torch
 from safetensors.torch import load_file
 
 import peftkit
