@@ -23,8 +23,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/lora_vs_peft.py --dropout 0.1
-	$(BIN)/python benchmarks/lora_vs_peft.py --dropout 0
+	$(BIN)/python benchmarks/lora_vs_peft.py
+	$(BIN)/python benchmarks/lora_vs_peft.py --lm --rounds 10 --steps 1
 	$(BIN)/python benchmarks/memory_methods.py
 	$(BIN)/python benchmarks/meft_reconstruction.py
 	$(BIN)/python benchmarks/methods_sst2.py

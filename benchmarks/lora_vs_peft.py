@@ -8,7 +8,8 @@ runs with its default lean training (``peftkit.core.lean``). Reported, each as a
 
 * step time (forward, backward, AdamW step): median over interleaved rounds in this process;
 * peak memory: growth of the peak RSS (VmHWM, reset after set-up) over the training steps, in a
-  fresh subprocess per implementation (alternating, several times), median;
+  fresh subprocess per implementation (alternating, several times; glibc's mmap threshold fixed, see
+  ``peftkit.bench.memory.FIXED_MMAP_THRESHOLD``), median;
 * activation memory: bytes autograd saves for backward in one forward pass (exact, deterministic).
 
 Usage: python benchmarks/lora_vs_peft.py [--lm] [--dropout 0] [--rounds 12] [--steps 3] [--memory-runs 3]
@@ -31,7 +32,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from transformers import logging  # noqa: E402
 
-from peftkit.bench.memory import SavedForBackward, peak_rss_mib, reset_peak_rss, rss_mib  # noqa: E402
+from peftkit.bench.memory import (  # noqa: E402
+    FIXED_MMAP_THRESHOLD,
+    SavedForBackward,
+    peak_rss_mib,
+    reset_peak_rss,
+    rss_mib,
+)
 
 logging.set_verbosity_error()
 logging.disable_progress_bar()
@@ -139,7 +146,8 @@ def main() -> None:
         for name in implementations:
             output = subprocess.run([sys.executable, __file__, "--worker", name, "--steps", str(args.steps),
                                      "--dropout", str(args.dropout)] + (["--lm"] if args.lm else []),
-                                    capture_output=True, text=True, check=True)
+                                    capture_output=True, text=True, check=True,
+                                    env={**os.environ, **FIXED_MMAP_THRESHOLD})
             memory[name].append(json.loads(output.stdout.strip().splitlines()[-1])["peak_growth_mib"])
 
     rows = [

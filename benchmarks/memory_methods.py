@@ -4,13 +4,14 @@ For each setup a fresh subprocess builds the model, runs ``--warmup`` training s
 measures over ``--steps`` more: the bytes saved for backward by one step (activations; parameters
 excluded), the growth of the process's peak resident memory over the training steps from its memory before the first
 one (activations, gradients, optimizer state; large blocks returned to the OS when freed, see
-``ALLOCATOR``), and the median step time. Also printed: the stored size of the quantised
-linear weights for QLoRA. Ratios are to full fine-tuning and to LoRA measured in the same run.
+``peftkit.bench.memory.FIXED_MMAP_THRESHOLD``), and the median step time. Also printed: the stored size of the quantised
+linear weights for QLoRA. Ratios are to full fine-tuning, to LoRA on the plain path (``lora-plain``:
+``lean_training=False``, what peft's LoRA keeps) and to peftkit's default lean LoRA, all in the same run.
 
 Models: the bundled all-MiniLM-L6-v2 (sequence classification, batch 32 × 128 real SST-2 tokens by
 default) and SmolLM2-135M-Instruct (causal LM, ``--lm``; batch 4 × 128).
 
-Usage: python benchmarks/memory_methods.py [--lm] [--setups full,lora,qlora,meft1,meft2,meft3] [--steps 5]
+Usage: python benchmarks/memory_methods.py [--lm] [--setups full,lora-plain,lora,qlora,meft1,meft2,meft3] [--steps 5]
 """
 
 from __future__ import annotations
@@ -26,12 +27,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-SETUPS = ["full", "lora", "qlora", "meft1", "meft2", "meft3"]
+from peftkit.bench.memory import FIXED_MMAP_THRESHOLD  # noqa: E402
+
+SETUPS = ["full", "lora-plain", "lora", "qlora", "meft1", "meft2", "meft3"]
 RESULTS = Path(__file__).parent / "results"
-# glibc raises its mmap threshold to the largest block freed so far, after which freed activation buffers
-# stay in the heap and RSS measures the allocator's history rather than live memory; a fixed threshold
-# returns every large tensor to the OS when freed. The same for every setup.
-ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 def build(setup: str, lm: bool, batch: int, length: int):
@@ -60,8 +59,9 @@ def build(setup: str, lm: bool, batch: int, length: int):
     report = None
     if setup == "qlora":
         report = peftkit.quantize_nf4(model)
-    if setup in ("lora", "qlora"):
-        model = peftkit.get_peft_model(model, peftkit.LoraConfig(task_type=task_type, **METHOD_DEFAULTS["lora"]))
+    if setup in ("lora", "lora-plain", "qlora"):
+        model = peftkit.get_peft_model(model, peftkit.LoraConfig(task_type=task_type, **METHOD_DEFAULTS["lora"]),
+                                       lean_training=setup != "lora-plain")
     elif setup.startswith("meft"):
         model = peftkit.get_peft_model(model, peftkit.MeftConfig(task_type=task_type, variant=int(setup[-1])))
     model.train()
@@ -123,25 +123,28 @@ def main() -> None:
     for setup in args.setups.split(","):
         command = [sys.executable, __file__, "--worker", setup, "--batch", str(batch), "--length", str(args.length),
                    "--warmup", str(args.warmup), "--steps", str(args.steps)] + (["--lm"] if args.lm else [])
-        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **ALLOCATOR})
+        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **FIXED_MMAP_THRESHOLD})
         if done.returncode != 0:
             print(f"{setup}: failed: {done.stderr.strip().splitlines()[-1]}", file=sys.stderr)
             continue
         rows[setup] = json.loads(done.stdout.strip().splitlines()[-1])
     name = "SmolLM2-135M-Instruct" if args.lm else "all-MiniLM-L6-v2"
     print(f"{name}, batch {batch} x {args.length}, float32, 2 threads; median of {args.steps} steps")
-    print("| setup | trainable | saved for backward MiB | x full | x LoRA | peak growth MiB | x full | x LoRA "
-          "| s/step | x full | x LoRA | NF4 / fp32 linear weights |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    full, lora = rows.get("full"), rows.get("lora")
+    references = {"full": rows.get("full"), "plain LoRA": rows.get("lora-plain"), "LoRA": rows.get("lora")}
+    measures = [("saved_mib", "saved for backward MiB", ".1f"), ("peak_growth_mib", "peak growth MiB", ".0f"),
+                ("step_seconds", "s/step", ".3f")]
+    header = ["setup", "trainable"]
+    for _, label, _ in measures:
+        header += [label] + [f"x {name}" for name in references]
+    print("| " + " | ".join(header + ["NF4 / fp32 linear weights"]) + " |")
+    print("|" + "---|" * (len(header) + 1))
     for setup, row in rows.items():
-        def ratio(key, reference, row=row):
-            return f"{row[key] / reference[key]:.2f}" if reference else "-"
-        quantized = f"{row['linear_weight_ratio']:.3f}" if row["linear_weight_ratio"] else "-"
-        print(f"| {setup} | {row['trainable']:,} | {row['saved_mib']:.1f} | {ratio('saved_mib', full)} | "
-              f"{ratio('saved_mib', lora)} | {row['peak_growth_mib']:.0f} | {ratio('peak_growth_mib', full)} | "
-              f"{ratio('peak_growth_mib', lora)} | {row['step_seconds']:.3f} | {ratio('step_seconds', full)} | "
-              f"{ratio('step_seconds', lora)} | {quantized} |")
+        cells = [setup, f"{row['trainable']:,}"]
+        for key, _, form in measures:
+            cells.append(format(row[key], form))
+            cells += [f"{row[key] / ref[key]:.2f}" if ref else "-" for ref in references.values()]
+        cells.append(f"{row['linear_weight_ratio']:.3f}" if row["linear_weight_ratio"] else "-")
+        print("| " + " | ".join(cells) + " |")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"memory_methods{'_lm' if args.lm else ''}.json").write_text(json.dumps(rows, indent=2))
 

@@ -13,6 +13,11 @@ from pathlib import Path
 
 STATUS = Path("/proc/self/status")
 
+# For measuring subprocesses: glibc raises its mmap threshold to the largest block freed so far, after which
+# freed activation buffers stay in the heap and RSS measures the allocator's history rather than live
+# memory; a fixed threshold returns every large tensor to the OS when freed. Use the same for every setup.
+FIXED_MMAP_THRESHOLD = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
 
 def _status_mib(field: str) -> float | None:
     try:
