@@ -97,6 +97,11 @@ def _print_summary(options, result) -> None:
         print(f"  {split} accuracy:  {result.accuracy:.4f} ({result.correct}/{result.eval_examples})")
     if result.eval_loss is not None:
         print(f"  {split} loss:      {result.eval_loss:.4f} (mean per answer token)")
+    if result.density is not None:
+        from peftkit.objectives.density import DENSITY_THRESHOLD
+
+        print(f"  feed-forward density: {result.density[0]:.4f} before, {result.density[1]:.4f} after "
+              f"(share of {split} activations with |a| > {DENSITY_THRESHOLD:.1e})")
     print(f"  wall time:            {int(minutes)}m {seconds:04.1f}s (training {result.train_seconds:.1f}s, "
           f"{result.steps} steps)")
     print(f"  peak memory:          {result.peak_memory_mib:,.0f} MiB")
@@ -217,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--bf16", action="store_true", default=None,
                        help="bfloat16 autocast (CUDA, or a CPU with AVX-512 BF16 / AMX)")
     train.add_argument("--lr", type=float, help="learning rate (default: the method's, e.g. 1e-3 for lora)")
+    train.add_argument("--density-loss", type=float, metavar="W",
+                       help="add DEFT's density loss with weight W (sparser feed-forward activations)")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--max-length", type=int, help="tokens per example (default 128)")
     train.add_argument("--seed", type=int)

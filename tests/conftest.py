@@ -44,6 +44,22 @@ def tiny_model(kind: str) -> torch.nn.Module:
     return model.eval()
 
 
+def without_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Every dropout rate of the model set to 0 (modules and the attention rates copied from configs)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    for config in {id(m.config): m.config for m in model.modules() if hasattr(m, "config")}.values():
+        for field in ("attention_probs_dropout_prob", "attn_pdrop", "attention_dropout"):
+            if hasattr(config, field):
+                setattr(config, field, 0.0)
+    for module in model.modules():  # attention modules copy the rate at construction
+        for field in ("dropout_prob", "attention_dropout"):
+            if isinstance(getattr(module, field, None), float):
+                setattr(module, field, 0.0)
+    return model
+
+
 def tiny_batch(batch: int = 2, length: int = 9) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
     input_ids = torch.randint(1, VOCAB, (batch, length), generator=generator)

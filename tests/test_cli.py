@@ -147,3 +147,21 @@ def test_full_fine_tuning_is_the_reference_method(model_dir, data, tmp_path, cap
     assert main(["train", "--model", str(model_dir), "--train", str(data / "train.csv"), "--method", "full",
                  "-o", "r=4"]) == 2
     assert "do not apply to full fine-tuning" in capsys.readouterr().err
+
+
+def test_train_with_the_density_loss_reports_density_before_and_after(model_dir, data, tmp_path, capsys):
+    code = main(["train", "--model", str(model_dir), "--train", str(data / "train.csv"), "--eval",
+                 str(data / "dev.jsonl"), "--text-column", "review", "--label-column", "sentiment", "--epochs", "8",
+                 "--lr", "3e-3", "--batch-size", "16", "--output", str(tmp_path / "adapter"), "-o", "r=4",
+                 "--density-loss", "1"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    before, after = (float(x.rstrip(",")) for x in printed.split("feed-forward density:")[1].split()[0:3:2])
+    assert 0.9 < before <= 1 and 0 < after <= 1 and after != before  # GELU: the effect is in test_density.py
+
+
+def test_a_negative_density_loss_weight_is_a_one_line_error(model_dir, data, tmp_path, capsys):
+    code = main(["train", "--model", str(model_dir), "--train", str(data / "train.csv"), "--text-column", "review",
+                 "--label-column", "sentiment", "--output", str(tmp_path / "adapter"), "--density-loss", "-1"])
+    assert code == 2
+    assert "density loss weight must be a number >= 0" in capsys.readouterr().err

@@ -37,7 +37,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from peftkit.core.lean_ops import DroppedAttention, GatedProduct, MaskedDropout, gated_product
 
 LEAN_ATTENTION = "peftkit_lean"
-_ACTIVATION_TYPES = tuple({entry[0] if isinstance(entry, tuple) else entry for entry in activations.ACT2CLS.values()})
+_ACTIVATION_TYPES = (nn.GELU, *{entry[0] if isinstance(entry, tuple) else entry for entry in activations.ACT2CLS.values()})
 _RECOMPUTE_TAG = "_peftkit_recompute"
 
 
@@ -82,9 +82,14 @@ def rebuilt(kept: tuple[torch.Tensor, ...], rebuild: Callable | None) -> torch.T
     return kept[0] if rebuild is None else rebuild(*kept)
 
 
+def is_activation_module(module: nn.Module) -> bool:
+    return isinstance(module, _ACTIVATION_TYPES)
+
+
 def is_recomputable_module(module: nn.Module) -> bool:
-    name = type(module).__name__
-    return isinstance(module, (nn.LayerNorm, *_ACTIVATION_TYPES)) or name.endswith(("LayerNorm", "RMSNorm"))
+    """Norms and activations: deterministic, cheap, one input."""
+    return (is_activation_module(module) or isinstance(module, nn.LayerNorm)
+            or type(module).__name__.endswith(("LayerNorm", "RMSNorm")))
 
 
 def _tag_output(module: nn.Module, args: tuple, kwargs: dict, output) -> None:
@@ -106,14 +111,15 @@ class LeanDropout(nn.Dropout):
 class LeanGatedMLP:
     """Mixed into a Llama-style MLP's class (``down(act(gate(x)) ⊙ up(x))``): the product keeps only gate
     and up (``GatedProduct``) and is tagged recomputable from them, so the down projection's adapter does
-    not keep it either."""
+    not keep it either. The plain path runs while something else hooks the activation module."""
 
     plain_class: type
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_proj(x), self.up_proj(x)
-        if not torch.is_grad_enabled() or not (gate.requires_grad or up.requires_grad):
-            return self.down_proj(self.act_fn(gate) * up)
+        watched = any(hook is not _tag_output for hook in self.act_fn._forward_hooks.values())
+        if watched or not torch.is_grad_enabled() or not (gate.requires_grad or up.requires_grad):
+            return self.down_proj(self.act_fn(gate) * up)  # e.g. a density loss needs act(gate) itself
         hidden = GatedProduct.apply(gate, up, self.act_fn)
         tag_recomputable(hidden, partial(gated_product, self.act_fn), gate, up)
         return self.down_proj(hidden)

@@ -39,12 +39,12 @@ class MaskedDropout(torch.autograd.Function):
         dropped, keep_scale = dropped_positions(x, p)
         ctx.save_for_backward(dropped)
         ctx.keep_scale = keep_scale
-        return x.masked_fill(dropped, 0).mul_(keep_scale)
+        return x.mul(keep_scale).masked_fill_(dropped, 0)  # two passes; masked_fill would copy first
 
     @staticmethod
     def backward(ctx, grad_out):
         (dropped,) = ctx.saved_tensors
-        return grad_out.masked_fill(dropped, 0).mul_(ctx.keep_scale), None
+        return grad_out.mul(ctx.keep_scale).masked_fill_(dropped, 0), None
 
 
 class DroppedAttention(torch.autograd.Function):
@@ -56,7 +56,7 @@ class DroppedAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, query, key, value, mask, scale: float, p: float):
-        scores = torch.matmul(query, key.transpose(-1, -2)).mul_(scale)
+        scores = torch.matmul(query * scale, key.transpose(-1, -2))  # scaling the smaller operand
         if mask is not None:
             if mask.dtype == torch.bool:
                 scores.masked_fill_(~mask, float("-inf"))
@@ -65,7 +65,7 @@ class DroppedAttention(torch.autograd.Function):
         probs = torch.softmax(scores, dim=-1)
         del scores
         dropped, keep_scale = dropped_positions(probs, p)
-        out = torch.matmul(probs.masked_fill(dropped, 0), value).mul_(keep_scale)
+        out = torch.matmul(torch.where(dropped, 0.0, probs), value).mul_(keep_scale)
         ctx.save_for_backward(query, key, value, probs, dropped)
         ctx.scale, ctx.keep_scale = scale, keep_scale
         return out
@@ -74,16 +74,17 @@ class DroppedAttention(torch.autograd.Function):
     def backward(ctx, grad_out):
         query, key, value, probs, dropped = ctx.saved_tensors
         grad_query = grad_key = grad_value = None
+        grad_out = grad_out * ctx.keep_scale  # scalars go on the (batch, heads, T, d) tensors, not the T × T ones
         if ctx.needs_input_grad[2]:
-            grad_value = torch.matmul(probs.masked_fill(dropped, 0).transpose(-1, -2), grad_out).mul_(ctx.keep_scale)
+            grad_value = torch.matmul(torch.where(dropped, 0.0, probs).transpose(-1, -2), grad_out)
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            grad_probs = torch.matmul(grad_out, value.transpose(-1, -2)).masked_fill_(dropped, 0).mul_(ctx.keep_scale)
-            grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype).mul_(ctx.scale)
+            grad_probs = torch.matmul(grad_out, value.transpose(-1, -2)).masked_fill_(dropped, 0)
+            grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
             del grad_probs
             if ctx.needs_input_grad[0]:
-                grad_query = torch.matmul(grad_scores, key)
+                grad_query = torch.matmul(grad_scores, key).mul_(ctx.scale)
             if ctx.needs_input_grad[1]:
-                grad_key = torch.matmul(grad_scores.transpose(-1, -2), query)
+                grad_key = torch.matmul(grad_scores.transpose(-1, -2), query).mul_(ctx.scale)
         return grad_query, grad_key, grad_value, None, None, None
 
 

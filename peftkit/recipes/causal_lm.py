@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer
 
 from peftkit.bench.memory import peak_rss_mib
 from peftkit.core.checkpoint import write_json
@@ -27,6 +26,7 @@ from peftkit.core.peft_model import PeftModel
 from peftkit.core.pretrained import load_causal_lm, resolve_causal_lm_dir
 from peftkit.recipes.training import (
     LEARNING_RATES,
+    ObjectiveTrainer,
     TASK_FILE,
     TrainOptions,
     TrainResult,
@@ -38,6 +38,7 @@ from peftkit.recipes.training import (
     split_rows,
     with_method,
 )
+from peftkit.objectives.density import DensityLoss
 from peftkit.tasks.causal_lm import IGNORE, Example, encode, load_lm_examples, sst2_instruction_rows
 from peftkit.tasks.data import read_rows
 
@@ -92,10 +93,9 @@ def completion_loss(model, batch: dict) -> torch.Tensor:
     return -log_probs.sum() / mask.sum().clamp(min=1)
 
 
-class CompletionTrainer(Trainer):
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss = completion_loss(model, inputs)
-        return (loss, None) if return_outputs else loss
+class CompletionTrainer(ObjectiveTrainer):
+    def task_loss(self, model, inputs, num_items_in_batch):
+        return completion_loss(model, inputs), None
 
 
 def _by_length(encoded: list[dict], size: int):
@@ -169,8 +169,11 @@ def train_causal_lm(options: TrainOptions) -> TrainResult:
     trainable, total = parameter_counts(peft_model)
     learning_rate = options.lr or CAUSAL_LM_LEARNING_RATES.get(options.method, LEARNING_RATES.get(options.method, 1e-4))
     dataset = [encode(tokenizer, e, options.max_length) for e in train_examples]
+    objectives = (DensityLoss(peft_model, weight=options.density_loss),) if options.density_loss else ()
     progress, train_seconds = run_trainer(peft_model, dataset, LeftPadCollator(tokenizer.pad_token_id), options,
-                                          learning_rate, CompletionTrainer)
+                                          learning_rate, CompletionTrainer, objectives)
+    for objective in objectives:
+        objective.remove()
     with autocast(options):
         eval_loss, correct, candidates = score_answers(peft_model, tokenizer, eval_examples, options.max_length)
     output = Path(options.output)

@@ -31,6 +31,7 @@ from peftkit.recipes.training import (
     split_rows,
     with_method,
 )
+from peftkit.objectives.density import DENSITY_THRESHOLD, DensityLoss, activation_density
 from peftkit.tasks.classification import Columns, LabelSet, bundled_sst2, find_columns, load_examples, tokenize
 from peftkit.tasks.data import read_rows
 
@@ -61,10 +62,19 @@ def train_classifier(options: TrainOptions) -> TrainResult:
     peft_model, quantization = with_method(model, options.method, config)
     trainable, total = parameter_counts(peft_model)
     dataset = tokenize(tokenizer, train_examples, options.max_length)
+    eval_encoded = tokenize(tokenizer, eval_examples, options.max_length)
+    objectives, density = (), None
+    if options.density_loss:
+        density_before = feed_forward_density(peft_model, tokenizer, eval_encoded)
+        objectives = (DensityLoss(peft_model, weight=options.density_loss),)
     progress, train_seconds = run_trainer(peft_model, dataset, DataCollatorWithPadding(tokenizer), options,
-                                          learning_rate)
+                                          learning_rate, objectives=objectives)
+    for objective in objectives:
+        objective.remove()
+    if options.density_loss:
+        density = (density_before, feed_forward_density(peft_model, tokenizer, eval_encoded))
     with autocast(options):
-        correct = count_correct(peft_model, tokenizer, tokenize(tokenizer, eval_examples, options.max_length))
+        correct = count_correct(peft_model, tokenizer, eval_encoded)
     output = Path(options.output)
     peft_model.save_pretrained(output)  # full fine-tuning: the whole model, in transformers' format
     write_json(output / TASK_FILE, {
@@ -78,7 +88,23 @@ def train_classifier(options: TrainOptions) -> TrainResult:
         total_parameters=total, accuracy=correct / len(eval_examples.labels), correct=correct,
         train_seconds=train_seconds, wall_seconds=time.perf_counter() - started, peak_memory_mib=peak_rss_mib(),
         output=output, losses=progress.losses, step_seconds=progress.step_seconds, steps=len(progress.step_seconds),
+        density=density,
     )
+
+
+def _batches(tokenizer, examples: list[dict], batch_size: int, device):
+    collate = DataCollatorWithPadding(tokenizer)
+    for start in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size]).items()}
+        batch.pop("labels", None)
+        yield batch
+
+
+def feed_forward_density(model: torch.nn.Module, tokenizer, examples: list[dict], batch_size: int = 128) -> float:
+    """Mean over layers of the fraction of feed-forward activations with |a| > ``DENSITY_THRESHOLD``."""
+    per_layer = activation_density(model, _batches(tokenizer, examples, batch_size, next(model.parameters()).device),
+                                   threshold=DENSITY_THRESHOLD)
+    return sum(per_layer.values()) / len(per_layer)
 
 
 @torch.no_grad()

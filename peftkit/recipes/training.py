@@ -32,7 +32,7 @@ METHOD_DEFAULTS = {
 }
 # Learning rates used unless --lr is given: what each method needs on a small encoder. "full" trains
 # every weight of the model (no adapter): the reference the methods are measured against.
-LEARNING_RATES = {"lora": 1e-3, "qlora": 1e-3, "adapter": 2e-3, "ia3": 2e-2, "bitfit": 2e-3, "ln": 2e-3,
+LEARNING_RATES = {"lora": 1e-3, "qlora": 2e-3, "adapter": 2e-3, "ia3": 2e-2, "bitfit": 2e-3, "ln": 2e-3,
                   "prompt": 3e-2, "ptuning": 3e-3, "prefix": 1e-2, "meft": 2e-3, "full": 5e-5}
 FULL_FINE_TUNING = "full"
 # Methods that are another method on a quantised base model: name -> (adapter method, base quantisation).
@@ -60,6 +60,7 @@ class TrainOptions:
     label_column: str | None = None
     eval_fraction: float = 0.1
     method_options: dict = field(default_factory=dict)
+    density_loss: float = 0.0  # DEFT's weight w (objectives/density.py); 0: off
 
 
 @dataclass
@@ -81,6 +82,7 @@ class TrainResult:
     step_seconds: list[float]
     eval_loss: float | None = None
     steps: int = 0
+    density: tuple[float, float] | None = None  # DEFT: feed-forward activation density before, after
 
 
 class ProgressBar(TrainerCallback):
@@ -202,9 +204,28 @@ def autocast(options: TrainOptions):
     return torch.autocast(device, dtype=torch.bfloat16, enabled=options.bf16)
 
 
+class ObjectiveTrainer(Trainer):
+    """transformers' Trainer adding the terms of peftkit objectives (``peftkit/objectives``: each has
+    ``loss()`` for the last forward pass) to the task loss."""
+
+    objectives: tuple = ()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = self.task_loss(model, inputs, num_items_in_batch)
+        for objective in self.objectives:
+            loss = loss + objective.loss().to(loss.device)
+        return (loss, outputs) if return_outputs else loss
+
+    def task_loss(self, model, inputs, num_items_in_batch):
+        """(loss, outputs) of the task itself."""
+        return super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+
+
 def run_trainer(model, dataset, collator, options: TrainOptions, learning_rate: float,
-                trainer_cls: type[Trainer] = Trainer) -> tuple[ProgressBar, float]:
-    """Train on transformers' Trainer (linear schedule, 6 % warm-up, no checkpoints); (progress, seconds)."""
+                trainer_cls: type[ObjectiveTrainer] = ObjectiveTrainer, objectives: tuple = ()
+                ) -> tuple[ProgressBar, float]:
+    """Train on transformers' Trainer (linear schedule, 6 % warm-up, no checkpoints), adding the
+    ``objectives``' terms to the loss; (progress, seconds)."""
     progress = ProgressBar()
     with tempfile.TemporaryDirectory(prefix="peftkit-trainer-") as scratch:
         arguments = TrainingArguments(
@@ -216,6 +237,7 @@ def run_trainer(model, dataset, collator, options: TrainOptions, learning_rate: 
         )
         trainer = trainer_cls(model=model, args=arguments, train_dataset=dataset, data_collator=collator,
                               callbacks=[progress])
+        trainer.objectives = tuple(objectives)
         trainer.remove_callback(ProgressCallback)
         trainer.remove_callback(PrinterCallback)
         started = time.perf_counter()

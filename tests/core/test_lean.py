@@ -12,22 +12,7 @@ from peftkit.bench.memory import SavedForBackward
 from peftkit.core.lean import LEAN_ATTENTION, LeanDropout, LeanGatedMLP, disable_lean_training, enable_lean_training
 from peftkit.core.lean_ops import DroppedAttention, GatedProduct, MaskedDropout, dropped_positions
 from peftkit.methods.lora import FusedLowRank
-from tests.conftest import randomize_trainable, tiny_batch, tiny_model
-
-
-def without_dropout(model: nn.Module) -> nn.Module:
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-    for config in {id(m.config): m.config for m in model.modules() if hasattr(m, "config")}.values():
-        for field in ("attention_probs_dropout_prob", "attn_pdrop", "attention_dropout"):
-            if hasattr(config, field):
-                setattr(config, field, 0.0)
-    for module in model.modules():  # attention modules copy the rate at construction
-        for field in ("dropout_prob", "attention_dropout"):
-            if isinstance(getattr(module, field, None), float):
-                setattr(module, field, 0.0)
-    return model
+from tests.conftest import randomize_trainable, tiny_batch, tiny_model, without_dropout
 
 
 def step(model, batch):

@@ -1,0 +1,113 @@
+"""DEFT's density loss: the formula by hand, padding left out, gradients (also under lean training), and
+training that makes feed-forward activations sparser."""
+
+import pytest
+import torch
+
+from transformers import BertConfig, BertForSequenceClassification
+
+import peftkit
+from peftkit import ConfigError, LoraConfig
+from peftkit.objectives.density import DensityLoss, ExampleDensity, activation_density, feed_forward_activations
+from tests.conftest import VOCAB, randomize_trainable, tiny_batch, tiny_model, without_dropout
+
+
+def hand_density(activation: torch.Tensor, mask: torch.Tensor, epsilon: float) -> torch.Tensor:
+    per_example = []
+    for b in range(activation.shape[0]):
+        tokens = activation[b][mask[b].bool()]
+        per_example.append((tokens**2 / (tokens**2 + epsilon)).mean())
+    return torch.stack(per_example)
+
+
+def test_example_density_is_the_formula_and_its_gradient():
+    a = torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True) * 0.3
+    a.retain_grad()
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
+    got = ExampleDensity.apply(a, mask, 0.01)
+    assert torch.allclose(got, hand_density(a, mask, 0.01), atol=1e-12)
+    leaf = a.detach().requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: ExampleDensity.apply(t, mask, 0.01), (leaf,))
+
+
+def test_the_loss_averages_layers_and_examples_without_padding():
+    model = peftkit.get_peft_model(without_dropout(tiny_model("bert")), LoraConfig(r=4, target_modules="all-linear"))
+    model.train()
+    batch = tiny_batch(batch=3, length=10)  # example 0 has two padding tokens
+    objective = DensityLoss(model, weight=0.5, epsilon=1e-3)
+    assert list(objective.activations) == [f"base_model.bert.encoder.layer.{i}.intermediate.intermediate_act_fn"
+                                           for i in range(2)]
+    seen = []
+    handles = [m.register_forward_hook(lambda mod, args, out: seen.append(out.detach()))
+               for m in objective.activations.values()]
+    model(**batch)
+    for handle in handles:
+        handle.remove()
+    expected = 0.5 * torch.stack([hand_density(a.double(), batch["attention_mask"], 1e-3) for a in seen]).mean()
+    loss = objective.loss()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert objective.loss().item() == 0.0  # consumed
+    model.eval()
+    model(**batch)
+    assert objective.loss().item() == 0.0  # nothing added outside training
+    objective.remove()
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_density_gradients_are_the_same_with_and_without_lean_training(kind):
+    grads = {}
+    for lean in (False, True):
+        model = peftkit.get_peft_model(without_dropout(tiny_model(kind)), LoraConfig(r=4, target_modules="all-linear"),
+                                       lean_training=lean)
+        randomize_trainable(model)
+        model.train()
+        objective = DensityLoss(model, epsilon=1e-2)
+        model(**tiny_batch(batch=2, length=12))
+        objective.loss().backward()
+        grads[lean] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        objective.remove()
+    assert grads[True].keys() == grads[False].keys() and len(grads[True]) > 0
+    for name, grad in grads[False].items():
+        assert (grads[True][name] - grad).norm() <= 1e-5 * grad.norm() + 1e-9, name
+    assert any(g.abs().sum() > 0 for g in grads[True].values())
+
+
+def relu_bert():
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=48, max_position_embeddings=64, num_labels=3, hidden_act="relu")
+    return BertForSequenceClassification(config).eval()
+
+
+def test_training_with_the_density_loss_at_the_papers_defaults_zeroes_relu_activations():
+    """Task loss + DEFT (w = 1, ε = 1e-7) against the task loss alone, same seed: exact-zero density falls."""
+    batch = {**tiny_batch(batch=8, length=16), "labels": torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])}
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    density, task_loss = {}, {}
+    for weight in (0.0, 1.0):
+        model = peftkit.get_peft_model(relu_bert(), LoraConfig(r=8, target_modules="all-linear", task_type="SEQ_CLS"))
+        objective = DensityLoss(model, weight=weight)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        model.train()
+        torch.manual_seed(0)
+        for _ in range(40):
+            (model(**batch).loss + objective.loss()).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        per_layer = activation_density(model, [inputs])
+        density[weight] = sum(per_layer.values()) / len(per_layer)
+        model.eval()
+        with torch.no_grad():
+            task_loss[weight] = model(**batch).loss.item()
+    assert density[0.0] > 0.3 and density[1.0] < 0.1 * density[0.0]
+    assert task_loss[1.0] < 0.1  # the task is still learnt
+
+
+def test_bad_settings_name_the_problem():
+    model = tiny_model("bert")
+    with pytest.raises(ConfigError, match="no feed-forward activation module found matching"):
+        feed_forward_activations(model, ["nothing_here"])
+    with pytest.raises(ConfigError, match="weight must be a number >= 0"):
+        DensityLoss(model, weight=-1)
+    with pytest.raises(ConfigError, match="epsilon must be > 0"):
+        DensityLoss(model, epsilon=0)
