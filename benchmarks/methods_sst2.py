@@ -6,7 +6,10 @@ rate from ``peftkit.recipes.classification``) in a fresh subprocess, so that the
 parameters (count, % of the model), dev accuracy, median time per training step and peak memory,
 the last two also as ratios to full fine-tuning and to LoRA from the same run.
 
-Usage: python benchmarks/methods_sst2.py [--methods full,lora,adapter,...] [--epochs 1]
+``lora+deft`` is LoRA with DEFT's density loss (w = 1, ε = 1e-7); its feed-forward activation density
+before and after training is printed too.
+
+Usage: python benchmarks/methods_sst2.py [--methods full,lora,lora+deft,adapter,...] [--epochs 1]
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-METHODS = ["full", "lora", "qlora", "meft", "adapter", "ia3", "bitfit", "ln", "prompt", "ptuning", "prefix"]
+METHODS = ["full", "lora", "lora+deft", "qlora", "meft", "adapter", "ia3", "bitfit", "ln", "prompt", "ptuning",
+           "prefix"]
+DEFT = "+deft"  # a method with DEFT's density loss (w = 1) added
 RESULTS = Path(__file__).parent / "results" / "methods_sst2.json"
 
 
@@ -34,11 +39,13 @@ def worker(method: str, epochs: float) -> dict:
     from peftkit.recipes.training import TrainOptions
 
     torch.set_num_threads(2)
+    base_method, density_loss = (method[: -len(DEFT)], 1.0) if method.endswith(DEFT) else (method, 0.0)
     with tempfile.TemporaryDirectory() as output:
-        result = train_classifier(TrainOptions(method=method, epochs=epochs, output=output))
+        result = train_classifier(TrainOptions(method=base_method, epochs=epochs, output=output,
+                                               density_loss=density_loss))
     return {"method": method, "trainable": result.trainable_parameters, "total": result.total_parameters,
             "accuracy": result.accuracy, "step_seconds": statistics.median(result.step_seconds),
-            "peak_mib": result.peak_memory_mib, "train_seconds": result.train_seconds}
+            "peak_mib": result.peak_memory_mib, "train_seconds": result.train_seconds, "density": result.density}
 
 
 def main() -> None:
@@ -72,6 +79,11 @@ def main() -> None:
               f"{row['accuracy']:.4f} | {row['step_seconds']:.3f} | {ratio(full, 'step_seconds')} | "
               f"{ratio(lora, 'step_seconds')} | {row['peak_mib']:,.0f} | {ratio(full, 'peak_mib')} | "
               f"{ratio(lora, 'peak_mib')} |")
+    for method, row in rows.items():
+        if row["density"]:
+            before, after = row["density"]
+            print(f"{method}: feed-forward activation density (|a| > 3.2e-4, dev tokens) {before:.4f} before, "
+                  f"{after:.4f} after ({100 * (after - before) / before:+.1f} %)")
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({"epochs": args.epochs, "rows": rows, "python": platform.python_version()},
                                   indent=2))

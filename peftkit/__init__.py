@@ -16,6 +16,7 @@ from peftkit.methods.lora import LoraConfig
 from peftkit.methods.meft import MeftConfig
 from peftkit.methods.prefix_tuning import PrefixTuningConfig
 from peftkit.methods.prompt_tuning import PromptEncoderConfig, PromptTuningConfig
+from peftkit.methods.vl_pet import VlPetConfig
 
 quiet_torchao_import_logs()
 
@@ -36,6 +37,7 @@ __all__ = [
     "LNTuningConfig",
     "LoraConfig",
     "MeftConfig",
+    "VlPetConfig",
     "Method",
     "PeftConfig",
     "PeftModel",

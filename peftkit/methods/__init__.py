@@ -1,3 +1,13 @@
 """What is trained: each module here holds one method's config and layers and registers it."""
 
-from peftkit.methods import bitfit, bottleneck, ia3, ln_tuning, lora, meft, prefix_tuning, prompt_tuning  # noqa: F401  (each registers its method)
+from peftkit.methods import (  # noqa: F401  (each registers its method)
+    bitfit,
+    bottleneck,
+    ia3,
+    ln_tuning,
+    lora,
+    meft,
+    prefix_tuning,
+    prompt_tuning,
+    vl_pet,
+)
