@@ -23,8 +23,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,bench]'
 	$(BIN)/python benchmarks/lora_vs_peft.py
 	$(BIN)/python benchmarks/lora_vs_peft.py --lm --rounds 10 --steps 1
 	$(BIN)/python benchmarks/memory_methods.py
 	$(BIN)/python benchmarks/meft_reconstruction.py
 	$(BIN)/python benchmarks/methods_sst2.py
+	$(BIN)/python benchmarks/apet_sweep.py

@@ -8,6 +8,7 @@ from peftkit.core.peft_model import PeftModel, get_peft_model
 from peftkit.core.quantization import quantize_nf4, quiet_torchao_import_logs
 from peftkit.core.registry import Method, register_method, registered_methods
 from peftkit.core.targets import plan
+from peftkit.methods.apet import ApetConfig
 from peftkit.methods.bitfit import BitFitConfig
 from peftkit.methods.bottleneck import BottleneckConfig
 from peftkit.methods.ia3 import IA3Config
@@ -23,6 +24,7 @@ quiet_torchao_import_logs()
 __version__ = "0.1.0"
 
 __all__ = [
+    "ApetConfig",
     "Average",
     "BatchSplit",
     "Fuse",

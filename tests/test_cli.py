@@ -127,7 +127,7 @@ def test_the_installed_command_exits_2_without_a_traceback(tmp_path):
     assert "Traceback" not in result.stderr and "none.jsonl: data file not found" in result.stderr
 
 
-@pytest.mark.parametrize("method", ["lora", "adapter", "ia3", "bitfit", "ln", "prompt", "ptuning", "prefix", "vl_pet"])
+@pytest.mark.parametrize("method", ["lora", "adapter", "ia3", "bitfit", "ln", "prompt", "ptuning", "prefix", "vl_pet", "apet"])
 def test_plan_and_train_every_method(method, model_dir, data, tmp_path, capsys):
     assert main(["plan", "--model", str(model_dir), "--method", method]) == 0
     summary = capsys.readouterr().out.strip().splitlines()[-1]

@@ -1,6 +1,7 @@
 """What is trained: each module here holds one method's config and layers and registers it."""
 
 from peftkit.methods import (  # noqa: F401  (each registers its method)
+    apet,
     bitfit,
     bottleneck,
     ia3,
