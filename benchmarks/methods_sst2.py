@@ -4,7 +4,8 @@ Each method trains one epoch over the 6,920 SST-2 training sentences (batch 32, 
 rate from ``peftkit.recipes.classification``) in a fresh subprocess, so that the process's peak memory
 (VmHWM) belongs to that method alone, and is scored on the 872-sentence dev set. Printed: trainable
 parameters (count, % of the model), dev accuracy, median time per training step and peak memory,
-the last two also as ratios to full fine-tuning and to LoRA from the same run.
+the last two also as ratios to full fine-tuning and to LoRA from the same run. The rows measured are
+merged into ``results/methods_sst2.json`` (each with the time it was measured).
 
 ``lora+deft`` is LoRA with DEFT's density loss (w = 1, ε = 1e-7); its feed-forward activation density
 before and after training is printed too.
@@ -22,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -85,7 +87,10 @@ def main() -> None:
             print(f"{method}: feed-forward activation density (|a| > 3.2e-4, dev tokens) {before:.4f} before, "
                   f"{after:.4f} after ({100 * (after - before) / before:+.1f} %)")
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"epochs": args.epochs, "rows": rows, "python": platform.python_version()},
+    saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    measured = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    all_rows = {**saved.get("rows", {}), **{m: {**row, "measured": measured} for m, row in rows.items()}}
+    RESULTS.write_text(json.dumps({"epochs": args.epochs, "rows": all_rows, "python": platform.python_version()},
                                   indent=2))
     print(f"raw measurements: {RESULTS}")
 
