@@ -26,8 +26,9 @@ output and the update in one buffer and saves x (shared by q, k and v) and the r
 dropout, ``DroppedLowRank`` saves x, a one-byte mask and the r-wide activation, where a plain
 ``B(A(dropout(x)))`` also keeps a dropped copy of x for every adapted module; its mask comes from 16-bit
 random numbers (``core.lean_ops.dropped_positions``). Under lean training both keep, for an x that is a
-norm's or activation's output, that module's input instead and recompute x in backward. DoRA, a
-quantised or trained base weight, or another method's layer in between take the plain path.
+norm's or activation's output, that module's input instead and recompute x in backward. An NF4 base
+weight (QLoRA) is dequantised for ∂x only in backward. DoRA, a trained base weight, or another
+method's layer in between take the plain path.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from peftkit.core.errors import ConfigError
 from peftkit.core.layer import AdapterLayer
 from peftkit.core.lean import kept_form, rebuilt
 from peftkit.core.lean_ops import dropped_positions
-from peftkit.core.quantization import dequantized, is_nf4
+from peftkit.core.quantization import dequantized
 from peftkit.core.registry import Method, register_method
 
 # Module names LoRA targets when a config leaves target_modules unset (peft's choices).
@@ -266,7 +267,8 @@ class FusedLowRank(torch.autograd.Function):
             x = rebuilt(kept, ctx.rebuild)
             grad_a = grad_low.T @ x.reshape(-1, x.shape[-1])
         if ctx.needs_input_grad[0]:
-            grad_x = (grad_rows @ weight).addmm_(grad_low, weight_a).view(*grad_out.shape[:-1], weight.shape[1])
+            grad_x = (grad_rows @ dequantized(weight)).addmm_(grad_low, weight_a)
+            grad_x = grad_x.view(*grad_out.shape[:-1], weight.shape[1])
         return grad_x, None, None, grad_a, grad_b, None
 
 
@@ -341,7 +343,7 @@ class LoraLinear(_LoraLayer):
 
     def _fusable(self, names: list[str], x: torch.Tensor) -> bool:
         """Whether ``FusedLowRank`` computes this forward: one plain LoRA (no DoRA, no dropout) training on
-        a frozen float Linear / Conv1D of the input's dtype, with nothing else wrapped in between."""
+        a frozen Linear / Conv1D (float or NF4) of the input's dtype, with nothing else wrapped in between."""
         if len(names) != 1 or not torch.is_grad_enabled() or isinstance(self.base_layer, AdapterLayer):
             return False
         name, weight, bias = names[0], self.weight, self.bias
@@ -349,7 +351,7 @@ class LoraLinear(_LoraLayer):
         return (
             name not in self.lora_magnitude_vector and isinstance(self.lora_dropout[name], nn.Identity)
             and lora_a.requires_grad and not weight.requires_grad and (bias is None or not bias.requires_grad)
-            and not is_nf4(weight) and x.dtype == weight.dtype == lora_a.dtype
+            and x.dtype == weight.dtype == lora_a.dtype
         )
 
     def apply_adapters(self, names: list[str], x: torch.Tensor, *args, **kwargs) -> torch.Tensor:

@@ -5,7 +5,7 @@ import torch
 
 import peftkit
 from peftkit import ConfigError, LoraConfig, quantize_nf4
-from peftkit.core.quantization import is_nf4, stored_bytes
+from peftkit.core.quantization import dequantized, is_nf4, stored_bytes
 from tests.conftest import logits, randomize_trainable, tiny_batch, tiny_model
 
 
@@ -73,3 +73,25 @@ def test_dora_on_nf4_starts_at_the_quantised_model():
 def test_quantizing_nothing_is_an_error():
     with pytest.raises(ConfigError, match="matches no Linear"):
         quantize_nf4(tiny_model("llama"), target_modules=["no_such_module"])
+
+
+def test_qlora_equals_lora_on_the_dequantised_weights():
+    """QLoRA (fused LoRA on NF4 weights) trains like LoRA on a float copy of the dequantised weights."""
+    quantized = tiny_model("llama")
+    quantize_nf4(quantized)
+    reference = tiny_model("llama")
+    with torch.no_grad():
+        for (name, module), (_, twin) in zip(quantized.named_modules(), reference.named_modules(), strict=True):
+            if isinstance(module, torch.nn.Linear) and module is not quantized.lm_head:
+                twin.weight.copy_(dequantized(module.weight))
+    grads = []
+    for model in (quantized, reference):
+        torch.manual_seed(1)  # the same LoRA initialisation for both
+        model = peftkit.get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
+        randomize_trainable(model)
+        model.train()
+        model(**tiny_batch(batch=2, length=16)).logits.pow(2).mean().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
+    for name, grad in grads[1].items():
+        assert (grads[0][name] - grad).norm() <= 1e-4 * grad.norm() + 1e-9, name
