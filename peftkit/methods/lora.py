@@ -27,8 +27,8 @@ dropout, ``DroppedLowRank`` saves x, a one-byte mask and the r-wide activation, 
 ``B(A(dropout(x)))`` also keeps a dropped copy of x for every adapted module; its mask comes from 16-bit
 random numbers (``core.lean_ops.dropped_positions``). Under lean training both keep, for an x that is a
 norm's or activation's output, that module's input instead and recompute x in backward. An NF4 base
-weight (QLoRA) is dequantised for ∂x only in backward. DoRA, a trained base weight, or another
-method's layer in between take the plain path.
+weight (QLoRA) is dequantised for ∂x only in backward. DoRA, a trained base weight, another method's
+layer in between, or autocast take the plain path.
 """
 
 from __future__ import annotations
@@ -345,6 +345,8 @@ class LoraLinear(_LoraLayer):
         """Whether ``FusedLowRank`` computes this forward: one plain LoRA (no DoRA, no dropout) training on
         a frozen Linear / Conv1D (float or NF4) of the input's dtype, with nothing else wrapped in between."""
         if len(names) != 1 or not torch.is_grad_enabled() or isinstance(self.base_layer, AdapterLayer):
+            return False
+        if torch.is_autocast_enabled(x.device.type):  # autocast picks dtypes per op: the plain path
             return False
         name, weight, bias = names[0], self.weight, self.bias
         lora_a = self.lora_A[name].weight

@@ -172,3 +172,18 @@ def test_llama_mlp_class_is_swapped_and_restored():
     assert isinstance(model.model.layers[0].mlp, LeanGatedMLP) and isinstance(model.model.layers[0].mlp, mlp_class)
     disable_lean_training(model)
     assert type(model.model.layers[0].mlp) is mlp_class
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_lora_and_qlora_train_under_bf16_autocast(quantized):
+    model = tiny_model("llama")
+    if quantized:
+        peftkit.quantize_nf4(model)
+    model = peftkit.get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
+    randomize_trainable(model)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(**tiny_batch()).logits.float().pow(2).mean()
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
