@@ -82,6 +82,33 @@ def randomize_trainable(model: torch.nn.Module, seed: int = 2, scale: float = 0.
                 parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
 
 
+def train_losses(model: torch.nn.Module, batch: dict, steps: int, lr: float, extra_loss=None) -> list[float]:
+    """AdamW on the trainable parameters for ``steps`` steps on one batch; the loss of each step (the model's
+    loss plus ``extra_loss()``, e.g. an objective's term)."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        loss = model(**batch).loss
+        if extra_loss is not None:
+            loss = loss + extra_loss()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+def tiny_lora(kind: str, lean_training: bool) -> torch.nn.Module:
+    """A tiny model without dropout, LoRA r=4 on every linear layer (non-zero B), in training mode."""
+    import peftkit
+
+    model = peftkit.get_peft_model(without_dropout(tiny_model(kind)),
+                                   peftkit.LoraConfig(r=4, target_modules="all-linear"), lean_training=lean_training)
+    randomize_trainable(model)
+    return model.train()
+
+
 def assert_changed(new: torch.Tensor, old: torch.Tensor, at_least: float = 0.01) -> None:
     """The outputs differ by more than ``at_least`` of their scale (so an adapter really acts)."""
     assert (new - old).abs().max() > at_least * old.abs().max()

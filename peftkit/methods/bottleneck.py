@@ -26,9 +26,9 @@ from transformers.pytorch_utils import Conv1D
 
 from peftkit.core.config import TargetedConfig, config_dataclass
 from peftkit.core.errors import ConfigError
-from peftkit.core.layer import AdapterLayer, output_width
+from peftkit.core.block_input import ReadsBlockInput
+from peftkit.core.layer import output_width
 from peftkit.core.registry import Method, register_method
-from peftkit.core.targets import name_matches
 from peftkit.methods.lora import linear_shape
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "swish": nn.SiLU, "tanh": nn.Tanh,
@@ -131,7 +131,7 @@ class Bottleneck(nn.Module):
         return self.up(self.activation(self.down(self.dropout(z))))
 
 
-class BottleneckLayer(AdapterLayer):
+class BottleneckLayer(ReadsBlockInput):
     """Bottleneck adapters around a block (a Linear / Conv1D or a module such as an MLP)."""
 
     adapter_attributes = ("bottleneck",)
@@ -140,8 +140,6 @@ class BottleneckLayer(AdapterLayer):
         super().__init__(base_layer)
         self.bottleneck = nn.ModuleDict()
         self.settings: dict[str, BottleneckConfig] = {}
-        self._input_hook = None
-        self._block_input: torch.Tensor | None = None
 
     @classmethod
     def can_wrap(cls, module: nn.Module) -> bool:
@@ -163,32 +161,14 @@ class BottleneckLayer(AdapterLayer):
 
     def attach(self, model: nn.Module, module_name: str, config: BottleneckConfig) -> None:
         """For a parallel adapter reading another module's input, capture that input in forward."""
-        if config.parallel_input is None or self._input_hook is not None:
-            return
-        candidates = [n for n, _ in model.named_modules() if name_matches(n, config.parallel_input)]
-        if not candidates:
-            raise ConfigError(f"parallel_input={config.parallel_input!r} matches no module")
-        source = max(candidates, key=lambda n: len(_common_prefix(n, module_name)))
-        self._input_hook = model.get_submodule(source).register_forward_pre_hook(self._capture)
-
-    def _capture(self, module, args) -> None:
-        self._block_input = args[0]
-
-    def detach(self) -> None:
-        if self._input_hook is not None:
-            self._input_hook.remove()
-            self._input_hook = None
-            self._block_input = None
+        if config.parallel_input is not None:
+            self.read_input_at(model, module_name, config.parallel_input, "parallel_input")
 
     def remove_adapter(self, name: str) -> None:
         super().remove_adapter(name)
         self.settings.pop(name, None)
         if not any(s.parallel_input for s in self.settings.values()):
-            self.detach()
-
-    def unwrapped(self) -> nn.Module:
-        self.detach()
-        return self.base_layer
+            self.stop_reading_input()
 
     def check_mergeable(self) -> None:
         for name in self.adapters_to_apply():
@@ -240,31 +220,16 @@ class BottleneckLayer(AdapterLayer):
         eye = torch.eye(bias.shape[0], dtype=bias.dtype, device=bias.device)
         return torch.linalg.solve(eye + self._linear_map(name), bias - self._bias_shift(name))
 
-    def forward(self, *args, **kwargs) -> torch.Tensor:
-        try:
-            return super().forward(*args, **kwargs)
-        finally:
-            self._block_input = None  # captured for this pass only
-
     def apply_adapters(self, names: list[str], x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         result = self.call_base(names, x, *args, **kwargs)
         for name in self.own(names):
             settings = self.settings[name]
             if settings.placement == "parallel":
-                source = x if settings.parallel_input is None else self._block_input[self.rows]
+                source = x if settings.parallel_input is None else self.block_input[self.rows]
                 result = result + settings.scaling * self.bottleneck[name](source)
             else:
                 result = result + settings.scaling * self.bottleneck[name](result)
         return result
-
-
-def _common_prefix(a: str, b: str) -> str:
-    parts = []
-    for x, y in zip(a.split("."), b.split("."), strict=False):
-        if x != y:
-            break
-        parts.append(x)
-    return ".".join(parts)
 
 
 register_method(Method(name="adapter", config_cls=BottleneckConfig, layers={nn.Module: BottleneckLayer},

@@ -32,7 +32,8 @@ from torch import nn
 
 from peftkit.core.config import TargetedConfig, config_dataclass
 from peftkit.core.errors import ConfigError
-from peftkit.core.layer import AdapterLayer, output_width
+from peftkit.core.block_input import ReadsBlockInput
+from peftkit.core.layer import output_width
 from peftkit.core.registry import Method, register_method
 from peftkit.core.targets import name_matches
 
@@ -170,7 +171,7 @@ def _block_input_source(module_name: str, config: VlPetConfig) -> str | None:
                 None)
 
 
-class VlPetLayer(AdapterLayer):
+class VlPetLayer(ReadsBlockInput):
     """A VL-PET module around an encoder sub-layer, or a parallel adapter on a decoder value projection."""
 
     adapter_attributes = ("vl_pet",)
@@ -179,8 +180,6 @@ class VlPetLayer(AdapterLayer):
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
         self.vl_pet = nn.ModuleDict()
-        self._input_hook = None
-        self._block_input: torch.Tensor | None = None
 
     @classmethod
     def can_wrap(cls, module: nn.Module) -> bool:
@@ -216,28 +215,8 @@ class VlPetLayer(AdapterLayer):
     def attach(self, model: nn.Module, module_name: str, config: VlPetConfig) -> None:
         """For a sub-layer without a module of its own, capture its input at the block's first module."""
         source = _block_input_source(module_name, config)
-        if source is None or self._input_hook is not None:
-            return
-        parent = module_name.rsplit(".", 2)[0]  # the layer holding both, e.g. encoder.layer.3
-        candidates = [n for n, _ in model.named_modules() if n.startswith(parent + ".") and n.endswith("." + source)]
-        if not candidates:
-            raise ConfigError(f"block_input={source!r} matches no module next to '{module_name}'")
-        self._input_hook = model.get_submodule(candidates[0]).register_forward_pre_hook(self._capture)
-
-    def _capture(self, module, args) -> None:
-        self._block_input = args[0]
-
-    def unwrapped(self) -> nn.Module:
-        if self._input_hook is not None:
-            self._input_hook.remove()
-            self._input_hook = None
-        return self.base_layer
-
-    def forward(self, *args, **kwargs):
-        try:
-            return super().forward(*args, **kwargs)
-        finally:
-            self._block_input = None
+        if source is not None:
+            self.read_input_at(model, module_name, [source], "block_input")
 
     def apply_adapters(self, names: list[str], x: torch.Tensor, *args, **kwargs):
         output = self.call_base(names, x, *args, **kwargs)
@@ -247,7 +226,7 @@ class VlPetLayer(AdapterLayer):
             if isinstance(module, ValueAdapter):
                 h = h + module(x)
             else:
-                source = x if self._block_input is None else self._block_input[self.rows]
+                source = x if self.block_input is None else self.block_input[self.rows]
                 h = module(source, h)
         return h if rest is None else (h, *rest)
 

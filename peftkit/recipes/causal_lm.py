@@ -172,8 +172,6 @@ def train_causal_lm(options: TrainOptions) -> TrainResult:
     objectives = (DensityLoss(peft_model, weight=options.density_loss),) if options.density_loss else ()
     progress, train_seconds = run_trainer(peft_model, dataset, LeftPadCollator(tokenizer.pad_token_id), options,
                                           learning_rate, CompletionTrainer, objectives)
-    for objective in objectives:
-        objective.remove()
     with autocast(options):
         eval_loss, correct, candidates = score_answers(peft_model, tokenizer, eval_examples, options.max_length)
     output = Path(options.output)

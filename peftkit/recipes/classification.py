@@ -69,8 +69,6 @@ def train_classifier(options: TrainOptions) -> TrainResult:
         objectives = (DensityLoss(peft_model, weight=options.density_loss),)
     progress, train_seconds = run_trainer(peft_model, dataset, DataCollatorWithPadding(tokenizer), options,
                                           learning_rate, objectives=objectives)
-    for objective in objectives:
-        objective.remove()
     if options.density_loss:
         density = (density_before, feed_forward_density(peft_model, tokenizer, eval_encoded))
     with autocast(options):
@@ -92,18 +90,19 @@ def train_classifier(options: TrainOptions) -> TrainResult:
     )
 
 
-def _batches(tokenizer, examples: list[dict], batch_size: int, device):
+def _batches(model: torch.nn.Module, tokenizer, examples: list[dict], batch_size: int):
+    """Padded batches of encoded examples on the model's device, labels included."""
     collate = DataCollatorWithPadding(tokenizer)
+    device = next(model.parameters()).device
     for start in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size]).items()}
-        batch.pop("labels", None)
-        yield batch
+        yield {k: v.to(device) for k, v in collate(examples[start:start + batch_size]).items()}
 
 
 def feed_forward_density(model: torch.nn.Module, tokenizer, examples: list[dict], batch_size: int = 128) -> float:
     """Mean over layers of the fraction of feed-forward activations with |a| > ``DENSITY_THRESHOLD``."""
-    per_layer = activation_density(model, _batches(tokenizer, examples, batch_size, next(model.parameters()).device),
-                                   threshold=DENSITY_THRESHOLD)
+    inputs = ({k: v for k, v in batch.items() if k != "labels"}
+              for batch in _batches(model, tokenizer, examples, batch_size))
+    per_layer = activation_density(model, inputs, threshold=DENSITY_THRESHOLD)
     return sum(per_layer.values()) / len(per_layer)
 
 
@@ -111,11 +110,8 @@ def feed_forward_density(model: torch.nn.Module, tokenizer, examples: list[dict]
 def count_correct(model: torch.nn.Module, tokenizer, examples: list[dict], batch_size: int = 128) -> int:
     was_training = model.training
     model.eval()
-    collate = DataCollatorWithPadding(tokenizer)
-    device = next(model.parameters()).device
     correct = 0
-    for start in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size]).items()}
+    for batch in _batches(model, tokenizer, examples, batch_size):
         labels = batch.pop("labels")
         correct += int((model(**batch).logits.argmax(-1) == labels).sum())
     model.train(was_training)

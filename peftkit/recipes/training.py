@@ -226,7 +226,7 @@ def run_trainer(model, dataset, collator, options: TrainOptions, learning_rate: 
                 trainer_cls: type[ObjectiveTrainer] = ObjectiveTrainer, objectives: tuple = ()
                 ) -> tuple[ProgressBar, float]:
     """Train on transformers' Trainer (linear schedule, 6 % warm-up, no checkpoints), adding the
-    ``objectives``' terms to the loss; (progress, seconds)."""
+    ``objectives``' terms to the loss (their hooks are removed when training ends); (progress, seconds)."""
     progress = ProgressBar()
     with tempfile.TemporaryDirectory(prefix="peftkit-trainer-") as scratch:
         arguments = TrainingArguments(
@@ -242,5 +242,9 @@ def run_trainer(model, dataset, collator, options: TrainOptions, learning_rate: 
         trainer.remove_callback(ProgressCallback)
         trainer.remove_callback(PrinterCallback)
         started = time.perf_counter()
-        trainer.train()
+        try:
+            trainer.train()
+        finally:
+            for objective in objectives:
+                objective.remove()
         return progress, time.perf_counter() - started

@@ -12,7 +12,7 @@ from peftkit.bench.memory import SavedForBackward
 from peftkit.core.lean import LEAN_ATTENTION, LeanDropout, LeanGatedMLP, disable_lean_training, enable_lean_training
 from peftkit.core.lean_ops import DroppedAttention, GatedProduct, MaskedDropout, dropped_positions
 from peftkit.methods.lora import FusedLowRank
-from tests.conftest import randomize_trainable, tiny_batch, tiny_model, without_dropout
+from tests.conftest import randomize_trainable, tiny_batch, tiny_lora, tiny_model, train_losses
 
 
 def step(model, batch):
@@ -29,11 +29,7 @@ def test_lean_lora_model_equals_the_plain_one_and_keeps_less(kind, kept_at_most)
     batch = tiny_batch(batch=4, length=32)
     results = {}
     for lean in (False, True):
-        model = peftkit.get_peft_model(without_dropout(tiny_model(kind)), LoraConfig(r=4, target_modules="all-linear"),
-                                       lean_training=lean)
-        randomize_trainable(model)
-        model.train()
-        results[lean] = step(model, batch)
+        results[lean] = step(tiny_lora(kind, lean_training=lean), batch)
     (plain_out, plain_grads, plain_saved), (lean_out, lean_grads, lean_saved) = results[False], results[True]
     assert (lean_out - plain_out).abs().max() <= 1e-5 * plain_out.abs().max()
     assert plain_grads.keys() == lean_grads.keys() and len(plain_grads) > 0
@@ -141,14 +137,8 @@ def test_lean_training_with_dropout_trains_and_matches_the_plain_loss_level():
     for lean in (False, True):
         model = peftkit.get_peft_model(tiny_model("bert"), LoraConfig(r=4, target_modules="all-linear",
                                                                       task_type="SEQ_CLS"), lean_training=lean)
-        model.train()
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
         torch.manual_seed(0)
-        for _ in range(40):
-            loss = model(**batch).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
+        train_losses(model, batch, steps=40, lr=1e-2)
         model.eval()
         with torch.no_grad():
             losses[lean] = model(**batch).loss.item()

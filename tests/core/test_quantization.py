@@ -6,7 +6,7 @@ import torch
 import peftkit
 from peftkit import ConfigError, LoraConfig, quantize_nf4
 from peftkit.core.quantization import dequantized, is_nf4, stored_bytes
-from tests.conftest import logits, randomize_trainable, tiny_batch, tiny_model
+from tests.conftest import logits, randomize_trainable, tiny_batch, tiny_model, train_losses
 
 
 def test_nf4_stores_linear_weights_in_about_an_eighth_and_stays_close():
@@ -26,16 +26,8 @@ def test_qlora_trains_only_lora_and_saves_a_plain_lora_adapter(tmp_path):
     quantize_nf4(model)
     codes = model.model.layers[0].self_attn.q_proj.weight.quantized_data.clone()
     peft_model = peftkit.get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
-    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=3e-2)
     batch = {**tiny_batch(batch=4), "labels": tiny_batch(batch=4)["input_ids"]}
-    peft_model.train()
-    losses = []
-    for _ in range(30):
-        loss = peft_model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = train_losses(peft_model, batch, steps=30, lr=3e-2)
     assert losses[-1] < 0.95 * losses[0]  # the float model with the same LoRA: 4.79 -> 4.41
     assert torch.equal(peft_model.base_model.model.layers[0].self_attn.q_proj.base_layer.weight.quantized_data, codes)
     peft_model.eval()

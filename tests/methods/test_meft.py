@@ -9,7 +9,7 @@ from peftkit import ConfigError, MeftConfig
 from peftkit.bench.memory import SavedForBackward
 from peftkit.methods.meft import MeftLayer, MeftStep, run_streams
 from peftkit.methods.reversible import coupled, inverted
-from tests.conftest import assert_changed, logits, randomize_trainable, tiny_batch, tiny_model
+from tests.conftest import assert_changed, logits, randomize_trainable, tiny_batch, tiny_model, train_losses
 
 KINDS = ["bert", "llama"]
 VARIANTS = [1, 2, 3]
@@ -155,15 +155,7 @@ def test_memory_saved_for_backward_does_not_grow_with_depth():
 def test_meft_trains_saves_loads_and_refuses_to_merge(tmp_path):
     model = peftkit.get_peft_model(tiny_model("bert"), MeftConfig(variant=1, reduction_factor=4, task_type="SEQ_CLS"))
     batch = {**tiny_batch(batch=8), "labels": torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])}
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    model.train()
-    losses = []
-    for _ in range(30):
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = train_losses(model, batch, steps=30, lr=1e-2)
     assert losses[-1] < 0.5 * losses[0]
     model.eval()
     expected = logits(model, batch)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import peftkit
 from peftkit import ConfigError, PeftModel, VlPetConfig
 from peftkit.methods.vl_pet import GRANULARITIES, GatedModule
-from tests.conftest import logits, randomize_trainable, tiny_model
+from tests.conftest import logits, randomize_trainable, tiny_model, train_losses
 from tests.methods.test_lora_encoder_decoder import seq2seq, seq2seq_logits
 
 
@@ -65,15 +65,7 @@ def test_encoder_only_model_trains_and_round_trips(tmp_path):
     model = peftkit.get_peft_model(tiny_model("bert"), VlPetConfig(granularity="middle-x", task_type="SEQ_CLS"))
     batch = {"input_ids": torch.randint(1, 120, (8, 12), generator=torch.Generator().manual_seed(0)),
              "labels": torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])}
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
-    model.train()
-    losses = []
-    for _ in range(50):
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = train_losses(model, batch, steps=50, lr=2e-2)
     assert losses[-1] < 0.5 * losses[0]
     model.eval()
     expected = logits(model, {"input_ids": batch["input_ids"]})

@@ -9,7 +9,7 @@ from transformers import BertConfig, BertForSequenceClassification
 import peftkit
 from peftkit import ConfigError, LoraConfig
 from peftkit.objectives.density import DensityLoss, ExampleDensity, activation_density, feed_forward_activations
-from tests.conftest import VOCAB, randomize_trainable, tiny_batch, tiny_model, without_dropout
+from tests.conftest import VOCAB, tiny_batch, tiny_lora, tiny_model, train_losses, without_dropout
 
 
 def hand_density(activation: torch.Tensor, mask: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -57,10 +57,7 @@ def test_the_loss_averages_layers_and_examples_without_padding():
 def test_density_gradients_are_the_same_with_and_without_lean_training(kind):
     grads = {}
     for lean in (False, True):
-        model = peftkit.get_peft_model(without_dropout(tiny_model(kind)), LoraConfig(r=4, target_modules="all-linear"),
-                                       lean_training=lean)
-        randomize_trainable(model)
-        model.train()
+        model = tiny_lora(kind, lean_training=lean)
         objective = DensityLoss(model, epsilon=1e-2)
         model(**tiny_batch(batch=2, length=12))
         objective.loss().backward()
@@ -87,13 +84,8 @@ def test_training_with_the_density_loss_at_the_papers_defaults_zeroes_relu_activ
     for weight in (0.0, 1.0):
         model = peftkit.get_peft_model(relu_bert(), LoraConfig(r=8, target_modules="all-linear", task_type="SEQ_CLS"))
         objective = DensityLoss(model, weight=weight)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-        model.train()
         torch.manual_seed(0)
-        for _ in range(40):
-            (model(**batch).loss + objective.loss()).backward()
-            optimizer.step()
-            optimizer.zero_grad()
+        train_losses(model, batch, steps=40, lr=1e-2, extra_loss=objective.loss)
         per_layer = activation_density(model, [inputs])
         density[weight] = sum(per_layer.values()) / len(per_layer)
         model.eval()
