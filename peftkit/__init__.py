@@ -1,17 +1,19 @@
 """peftkit: parameter-efficient fine-tuning of pretrained language models."""
 
 from peftkit import methods  # noqa: F401  (registers the built-in methods)
-from peftkit.core.composition import Average, BatchSplit, Fuse, Parallel, Stack
+from peftkit.core.composition import Average, BatchSplit, Fuse, Parallel, Scale, Stack
 from peftkit.core.config import PeftConfig
 from peftkit.core.errors import CheckpointError, ConfigError, DataError, PeftkitError
 from peftkit.core.peft_model import PeftModel, get_peft_model
 from peftkit.core.quantization import quantize_nf4, quiet_torchao_import_logs
 from peftkit.core.registry import Method, register_method, registered_methods
 from peftkit.core.targets import plan
+from peftkit.methods.adalora import AdaLoraAllocator, AdaLoraConfig
 from peftkit.methods.apet import ApetConfig
 from peftkit.methods.bitfit import BitFitConfig
 from peftkit.methods.bottleneck import BottleneckConfig
 from peftkit.methods.ia3 import IA3Config
+from peftkit.methods.increlora import IncreLoraAllocator, IncreLoraConfig
 from peftkit.methods.ln_tuning import LNTuningConfig
 from peftkit.methods.lora import LoraConfig
 from peftkit.methods.meft import MeftConfig
@@ -24,11 +26,14 @@ quiet_torchao_import_logs()
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaLoraAllocator",
+    "AdaLoraConfig",
     "ApetConfig",
     "Average",
     "BatchSplit",
     "Fuse",
     "Parallel",
+    "Scale",
     "Stack",
     "BitFitConfig",
     "BottleneckConfig",
@@ -36,6 +41,8 @@ __all__ = [
     "ConfigError",
     "DataError",
     "IA3Config",
+    "IncreLoraAllocator",
+    "IncreLoraConfig",
     "LNTuningConfig",
     "LoraConfig",
     "MeftConfig",

@@ -15,6 +15,15 @@ the adapters of the block it holds (an adapter absent from a module leaves that 
   h = Σᵢ softmax_i(⟨q, kᵢ⟩ / √d) vᵢ with q = h₀W_q (h₀ the module's output without adapters),
   kᵢ = hᵢW_k, vᵢ = hᵢW_v; W_v starts at the identity and W_q, W_k near zero, so fusion starts at the
   mean of the adapters. The source adapters stay frozen; the fusion layers train.
+* ``Scale(a, b, …)`` — ScaLearn (Frohmann et al., 2024, "ScaLearn: Simple and Highly Parameter-Efficient
+  Task Transfer by Learning to Scale"): at each module holding the adapters, o = h + Σₖ ωₖ ⊙ aₖ(h), with
+  aₖ(h) adapter k's output before its residual (``AdapterLayer.adapter_deltas``). ωₖ is a vector per
+  module (ScaLearn), a scalar per module (``uniform=True``: ScaLearnUniform), or one ω shared by every
+  module (``shared=True``: ScaLearn++ / ScaLearnUniform++). ω starts at N(2/N, 0.001²) (N adapters) and
+  takes dropout (``dropout``, default 0.1) in training. The adapters stay frozen; ω trains.
+
+``Fuse`` and ``Scale`` keep their trained layers in each adapter layer's ``fusion`` dict under the
+composition's ``key``, saved in ``peftkit_fusion.safetensors``.
 
 Prompt-learning adapters change the input length, so only ``Stack`` takes one.
 """
@@ -155,21 +164,90 @@ class Fusion(nn.Module):
         return (weights * self.value(adapter_outputs)).sum(0)
 
 
-class Fuse(Composition):
-    kind = "fuse"
+class LearnedComposition(Composition):
+    """A composition with trained layers at each module holding two or more of its adapters."""
 
     @property
     def key(self) -> str:
-        """The name the fusion layers are kept and saved under."""
+        """The name the trained layers are kept and saved under."""
         return ",".join(self.names)
+
+    def new_layer(self, width: int, like: torch.Tensor, shared: dict) -> nn.Module:
+        """The trained layer for a module of output ``width`` (``shared``: state common to all modules)."""
+        raise NotImplementedError
+
+    def combine(self, layer, present: list[str], args, kwargs):
+        raise NotImplementedError
 
     def run(self, layer, args, kwargs):
         present = self.present(layer)
         if len(present) < 2 or self.key not in layer.fusion:
             return layer.apply_adapters(list(self.names), *args, **kwargs)
+        return self.combine(layer, present, args, kwargs)
+
+
+class Fuse(LearnedComposition):
+    kind = "fuse"
+
+    def new_layer(self, width, like, shared):
+        return Fusion(width, like)
+
+    def combine(self, layer, present, args, kwargs):
         base_output = layer.apply_adapters([], *args, **kwargs)
         outputs = torch.stack([layer.apply_adapters([name], *args, **kwargs) for name in present])
         return layer.fusion[self.key](base_output, outputs)
+
+
+class Scaling(nn.Module):
+    """ScaLearn's ω at one module: N × width (or N × 1) weights, possibly the same Parameter as other modules'."""
+
+    def __init__(self, weights: nn.Parameter, dropout: float) -> None:
+        super().__init__()
+        self.weights = weights
+        self.dropout = dropout
+
+    def forward(self, base_output: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
+        omega = nn.functional.dropout(self.weights, self.dropout, self.training)
+        omega = omega.view(omega.shape[0], *([1] * (deltas.dim() - 2)), omega.shape[1])
+        return base_output + (omega.to(deltas.dtype) * deltas).sum(0)
+
+
+class Scale(LearnedComposition):
+    kind = "scale"
+
+    def __init__(self, *names: str, uniform: bool = False, shared: bool = False, dropout: float = 0.1) -> None:
+        super().__init__(*names)
+        if not 0 <= dropout < 1:
+            raise ConfigError(f"Scale: dropout must be in [0, 1), got {dropout!r}")
+        self.uniform, self.shared, self.dropout = bool(uniform), bool(shared), float(dropout)
+
+    @property
+    def variant(self) -> str:
+        return "ScaLearn" + ("Uniform" if self.uniform else "") + ("++" if self.shared else "")
+
+    @property
+    def key(self) -> str:
+        return f"{self.variant}:{','.join(self.names)}"
+
+    def new_layer(self, width, like, shared):
+        columns = 1 if self.uniform else width
+        if not self.shared or "weights" not in shared:
+            n = len(self.names)
+            dtype = like.dtype if like.dtype.is_floating_point else torch.float32
+            weights = torch.randn(n, columns, device=like.device, dtype=dtype) * 0.001 + 2 / n
+            shared["weights"] = nn.Parameter(weights)
+        elif shared["weights"].shape[1] != columns:
+            raise ConfigError(f"{self.variant} shares one ω across modules, but they differ in width")
+        return Scaling(shared["weights"], self.dropout)
+
+    def combine(self, layer, present, args, kwargs):
+        if present != list(self.names):
+            raise ConfigError(f"{self!r}: a module holds only {present} of the adapters")
+        base_output, deltas = layer.adapter_deltas(present, *args, **kwargs)
+        return layer.fusion[self.key](base_output, deltas)
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "uniform": self.uniform, "shared": self.shared, "dropout": self.dropout}
 
 
 def repeat_batch(kwargs: dict, copies: int) -> dict:
@@ -182,7 +260,7 @@ def repeat_batch(kwargs: dict, copies: int) -> dict:
             for k, v in kwargs.items()}
 
 
-KINDS = {cls.kind: cls for cls in (Stack, Average, BatchSplit, Parallel, Fuse)}
+KINDS = {cls.kind: cls for cls in (Stack, Average, BatchSplit, Parallel, Fuse, Scale)}
 
 
 def composition_from_dict(values: dict) -> Composition:
@@ -194,4 +272,6 @@ def composition_from_dict(values: dict) -> Composition:
         options["weights"] = tuple(values["weights"])
     if "sizes" in values and kind == "batch_split":
         options["sizes"] = tuple(values["sizes"])
+    if kind == "scale":
+        options.update({k: values[k] for k in ("uniform", "shared", "dropout") if k in values})
     return KINDS[kind](*values["names"], **options)

@@ -78,6 +78,11 @@ class AdapterLayer(nn.Module):
         """The module's output with the named adapters applied (in order; none: the base module)."""
         raise NotImplementedError
 
+    def adapter_deltas(self, names: list[str], *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the module's output without adapters h, the stacked changes aₖ each named adapter alone makes to h)."""
+        base_output = self.apply_adapters([], *args, **kwargs)
+        return base_output, torch.stack([self.apply_adapters([n], *args, **kwargs) - base_output for n in names])
+
     def attach(self, model: nn.Module, module_name: str, config: PeftConfig) -> None:
         """Called once the layer sits in ``model``, for methods that need more of it than their module."""
 
@@ -159,6 +164,10 @@ class AdapterLayer(nn.Module):
             else:
                 tensors.update({f"{attr}.{key}": p for key, p in item.named_parameters()})
         return tensors
+
+    def saved_state_dict(self, name: str) -> dict[str, torch.Tensor]:
+        """What a checkpoint holds of the adapter: its live tensors, unless a method saves a reduced form."""
+        return self.adapter_state_dict(name)
 
     def remove_adapter(self, name: str) -> None:
         if name in self.merged_adapters:

@@ -34,7 +34,8 @@ from peftkit.core.checkpoint import (
     write_json,
     write_tensors,
 )
-from peftkit.core.composition import Composition, Fuse, Fusion, Parallel, Stack, composition_from_dict, repeat_batch
+from peftkit.core.composition import (Composition, LearnedComposition, Parallel, Stack, composition_from_dict,
+                                      repeat_batch)
 from peftkit.core.config import PeftConfig
 from peftkit.core.errors import ConfigError
 from peftkit.core.layer import AdapterLayer, output_width
@@ -218,10 +219,10 @@ class PeftModel(nn.Module):
 
     def set_adapter(self, adapter: str | Composition, train: list[str] | None = None) -> None:
         """Use one adapter, or a composition of several (``Stack``, ``Parallel``, ``Average``, ``BatchSplit``,
-        ``Fuse`` from ``peftkit``), in forward passes.
+        ``Fuse``, ``Scale`` from ``peftkit``), in forward passes.
 
         One adapter trains; in a composition the adapters named in ``train`` do (default: all of them,
-        except under ``Fuse``, where the fusion layers train and the adapters stay frozen).
+        except under ``Fuse`` / ``Scale``, where their layers train and the adapters stay frozen).
         """
         composition = None if isinstance(adapter, str) else adapter
         names = [adapter] if composition is None else list(composition.names)
@@ -235,7 +236,7 @@ class PeftModel(nn.Module):
         for _, layer in self.adapter_layers():
             layer.active_adapters = names
             layer.composition = composition
-        if isinstance(composition, Fuse):
+        if isinstance(composition, LearnedComposition):
             self._add_fusion_layers(composition)
         self.active_adapter = adapter if composition is None else None
         self.active_composition = composition
@@ -250,15 +251,16 @@ class PeftModel(nn.Module):
         if len(prompts) > 1:
             raise ConfigError(f"Stack takes at most one prompt-learning adapter, got {prompts}")
 
-    def _add_fusion_layers(self, fuse: Fuse) -> None:
-        shared = 0
+    def _add_fusion_layers(self, fuse: LearnedComposition) -> None:
+        holding, state = 0, {}
         for _, layer in self.adapter_layers():
             if isinstance(layer, ModuleCopies) or len(fuse.present(layer)) < 2:
                 continue
-            shared += 1
+            holding += 1
             if fuse.key not in layer.fusion:
-                layer.fusion[fuse.key] = Fusion(output_width(layer.base), next(layer.base.parameters()))
-        if not shared:
+                new = fuse.new_layer(output_width(layer.base), next(layer.base.parameters()), state)
+                layer.fusion[fuse.key] = new.train(layer.training)  # follows the model's train / eval mode
+        if not holding:
             raise ConfigError(f"{fuse!r}: no module holds two of these adapters, so there is nothing to fuse")
 
     def delete_adapter(self, adapter_name: str) -> None:
@@ -307,12 +309,12 @@ class PeftModel(nn.Module):
         elif self.trained_in_composition is not None:
             trained = self.trained_in_composition
         else:
-            trained = [] if isinstance(composition, Fuse) else list(composition.names)
+            trained = [] if isinstance(composition, LearnedComposition) else list(composition.names)
         for name in trained:
             if not self.peft_config[name].inference_mode:
                 for parameter in self._trainable_tensors(name):
                     parameter.requires_grad_(True)
-        if isinstance(composition, Fuse):
+        if isinstance(composition, LearnedComposition):
             for _, layer in self.adapter_layers():
                 if composition.key in layer.fusion:
                     layer.fusion[composition.key].requires_grad_(True)
@@ -409,15 +411,16 @@ class PeftModel(nn.Module):
         """peft's prefix for module tensors: prompt-learning adapters sit one level higher."""
         return PROMPT_KEY_PREFIX if adapter_name in self.prompt_adapters else KEY_PREFIX
 
-    def _adapter_tensors(self, adapter_name: str) -> dict[str, torch.Tensor]:
-        """The adapter's live tensors under their peft file keys."""
+    def _adapter_tensors(self, adapter_name: str, saving: bool = False) -> dict[str, torch.Tensor]:
+        """The adapter's live tensors under their peft file keys (``saving``: in the form files hold)."""
         prefix = self._key_prefix(adapter_name)
         tensors = {}
         if adapter_name in self.prompt_adapters:
             tensors.update(self.prompt_adapters[adapter_name].saved_tensors())
         for path, layer in self.adapter_layers():
             if layer.has_adapter(adapter_name):
-                for key, tensor in layer.adapter_state_dict(adapter_name).items():
+                state = layer.saved_state_dict(adapter_name) if saving else layer.adapter_state_dict(adapter_name)
+                for key, tensor in state.items():
                     tensors[f"{prefix}{module_key(path)}.{key}"] = tensor
         for key, tensor in self._bias_parameters(adapter_name).items():
             tensors[prefix + key] = tensor
@@ -465,21 +468,23 @@ class PeftModel(nn.Module):
         """Write each adapter in peft's format (``default`` at the root, others in sub-folders).
 
         With a composition active (and all adapters saved), also ``peftkit_composition.json`` naming it and,
-        for ``Fuse``, the fusion layers in ``peftkit_fusion.safetensors``.
+        for ``Fuse`` / ``Scale``, their layers in ``peftkit_fusion.safetensors`` (a tensor shared by
+        every module, ScaLearn++'s ω, is written once per module).
         """
         for name in selected_adapters or list(self.peft_config):
             config = self._require(name).to_dict()
             config["inference_mode"] = True
-            write_adapter(adapter_folder(save_directory, name), config, self._adapter_tensors(name))
+            write_adapter(adapter_folder(save_directory, name), config, self._adapter_tensors(name, saving=True))
         composition = self.active_composition
         if composition is None or selected_adapters is not None:
             return
-        if isinstance(composition, Fuse):
-            write_tensors(Path(save_directory) / FUSION_NAME, self._fusion_tensors(composition))
+        if isinstance(composition, LearnedComposition):
+            tensors = {key: tensor.detach().clone() for key, tensor in self._fusion_tensors(composition).items()}
+            write_tensors(Path(save_directory) / FUSION_NAME, tensors)
         write_json(Path(save_directory) / COMPOSITION_NAME,
                    {"composition": composition.to_dict(), "train": self.trained_in_composition})
 
-    def _fusion_tensors(self, fuse: Fuse) -> dict[str, torch.Tensor]:
+    def _fusion_tensors(self, fuse: LearnedComposition) -> dict[str, torch.Tensor]:
         return {f"{path}.fusion.{key}": tensor for path, layer in self.adapter_layers() if fuse.key in layer.fusion
                 for key, tensor in layer.fusion[fuse.key].state_dict().items()}
 
@@ -504,7 +509,7 @@ class PeftModel(nn.Module):
         for name in composition.names:
             self.load_adapter(adapter_folder(folder, name), adapter_name=name, is_trainable=is_trainable)
         self.set_adapter(composition, train=saved.get("train"))
-        if isinstance(composition, Fuse):
+        if isinstance(composition, LearnedComposition):
             tensors = read_tensors(folder / FUSION_NAME)
             live = self._fusion_tensors(composition)
             check_tensors(folder / FUSION_NAME, tensors, {k: tuple(v.shape) for k, v in live.items()}, {})

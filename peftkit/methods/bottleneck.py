@@ -220,16 +220,24 @@ class BottleneckLayer(ReadsBlockInput):
         eye = torch.eye(bias.shape[0], dtype=bias.dtype, device=bias.device)
         return torch.linalg.solve(eye + self._linear_map(name), bias - self._bias_shift(name))
 
+    def _change(self, name: str, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """s · a(·) of adapter ``name`` on the block input x (parallel) or on the output h so far (sequential)."""
+        settings = self.settings[name]
+        if settings.placement == "parallel":
+            source = x if settings.parallel_input is None else self.block_input[self.rows]
+            return settings.scaling * self.bottleneck[name](source)
+        return settings.scaling * self.bottleneck[name](h)
+
     def apply_adapters(self, names: list[str], x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         result = self.call_base(names, x, *args, **kwargs)
         for name in self.own(names):
-            settings = self.settings[name]
-            if settings.placement == "parallel":
-                source = x if settings.parallel_input is None else self.block_input[self.rows]
-                result = result + settings.scaling * self.bottleneck[name](source)
-            else:
-                result = result + settings.scaling * self.bottleneck[name](result)
+            result = result + self._change(name, x, result)
         return result
+
+    def adapter_deltas(self, names: list[str], x: torch.Tensor, *args, **kwargs):
+        """The block's output once, and each adapter's change to it."""
+        base_output = self.call_base([], x, *args, **kwargs)
+        return base_output, torch.stack([self._change(name, x, base_output) for name in names])
 
 
 register_method(Method(name="adapter", config_cls=BottleneckConfig, layers={nn.Module: BottleneckLayer},

@@ -29,11 +29,14 @@ from peftkit.core.registry import method_by_name
 METHOD_DEFAULTS = {
     "lora": {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"},
     "prompt": {"prompt_tuning_init": "SAMPLE_VOCAB"},
+    "adalora": {"init_r": 12, "target_r": 8, "lora_alpha": 32, "target_modules": "all-linear"},
+    "increlora": {"target_rank": 8, "lora_alpha": 16, "target_modules": "all-linear"},
 }
 # Learning rates used unless --lr is given: what each method needs on a small encoder. "full" trains
 # every weight of the model (no adapter): the reference the methods are measured against.
 LEARNING_RATES = {"lora": 1e-3, "qlora": 2e-3, "adapter": 2e-3, "ia3": 2e-2, "bitfit": 2e-3, "ln": 2e-3,
                   "prompt": 3e-2, "ptuning": 3e-3, "prefix": 1e-2, "meft": 2e-3, "vl_pet": 2e-3, "apet": 5e-4,
+                  "adalora": 1e-3, "increlora": 1e-3,
                   "full": 5e-5}
 FULL_FINE_TUNING = "full"
 # Methods that are another method on a quantised base model: name -> (adapter method, base quantisation).
@@ -226,8 +229,13 @@ def run_trainer(model, dataset, collator, options: TrainOptions, learning_rate: 
                 trainer_cls: type[ObjectiveTrainer] = ObjectiveTrainer, objectives: tuple = ()
                 ) -> tuple[ProgressBar, float]:
     """Train on transformers' Trainer (linear schedule, 6 % warm-up, no checkpoints), adding the
-    ``objectives``' terms to the loss (their hooks are removed when training ends); (progress, seconds)."""
+    ``objectives``' terms to the loss (their hooks are removed when training ends), and a rank-allocating
+    method's allocator and orthogonality term (AdaLoRA, IncreLoRA); (progress, seconds)."""
+    from peftkit.recipes.rank_allocation import allocation_parts  # here: it imports the methods
+
     progress = ProgressBar()
+    allocation_callbacks, allocation_objectives = allocation_parts(model)
+    objectives = (*objectives, *allocation_objectives)
     with tempfile.TemporaryDirectory(prefix="peftkit-trainer-") as scratch:
         arguments = TrainingArguments(
             output_dir=scratch, num_train_epochs=options.epochs, max_steps=options.max_steps or -1,
@@ -237,7 +245,7 @@ def run_trainer(model, dataset, collator, options: TrainOptions, learning_rate: 
             use_cpu=not torch.cuda.is_available(),
         )
         trainer = trainer_cls(model=model, args=arguments, train_dataset=dataset, data_collator=collator,
-                              callbacks=[progress])
+                              callbacks=[progress, *allocation_callbacks])
         trainer.objectives = tuple(objectives)
         trainer.remove_callback(ProgressCallback)
         trainer.remove_callback(PrinterCallback)

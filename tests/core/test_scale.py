@@ -1,0 +1,107 @@
+"""ScaLearn (the ``Scale`` composition): the formula, the four variants' parameter counts, training, files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import peftkit
+from peftkit import BottleneckConfig, Fuse, Scale
+from tests.conftest import logits, randomize_trainable, tiny_batch, tiny_model, without_dropout
+
+NAMES = ("sst2", "trec", "rte")
+VARIANTS = {"ScaLearn": {}, "ScaLearnUniform": {"uniform": True}, "ScaLearn++": {"shared": True},
+            "ScaLearnUniform++": {"uniform": True, "shared": True}}
+
+
+def sources(kind: str = "bert") -> peftkit.PeftModel:
+    """Three trained-looking bottleneck adapters on the feed-forward blocks (2 layers, width 32)."""
+    model = peftkit.get_peft_model(without_dropout(tiny_model(kind)), BottleneckConfig(reduction_factor=4),
+                                   adapter_name=NAMES[0])
+    for name in NAMES[1:]:
+        model.add_adapter(name, BottleneckConfig(reduction_factor=4))
+    for index, name in enumerate(NAMES):
+        model.set_adapter(name)
+        randomize_trainable(model, seed=index)
+    return model
+
+
+def alone(model, name: str) -> torch.Tensor:
+    model.set_adapter(name)
+    return logits(model)
+
+
+def set_weights(model, composition: Scale, values: torch.Tensor) -> None:
+    with torch.no_grad():
+        for _, layer in model.adapter_layers():
+            if composition.key in layer.fusion:
+                layer.fusion[composition.key].weights.copy_(values.expand_as(layer.fusion[composition.key].weights))
+
+
+def test_one_hot_weights_give_each_adapter_alone_and_ones_give_the_sum_of_changes():
+    model = sources()
+    with model.disable_adapter():
+        base = logits(model)
+    singles = {name: alone(model, name) for name in NAMES}
+    composition = Scale(*NAMES, dropout=0.0)
+    model.set_adapter(composition)
+    for index, name in enumerate(NAMES):
+        set_weights(model, composition, torch.nn.functional.one_hot(torch.tensor([index]), 3).float().T)
+        assert (logits(model) - singles[name]).abs().max() <= 1e-5
+    # the changes add up inside each block: compare at one block's output directly
+    layer = next(layer for _, layer in model.adapter_layers() if composition.key in layer.fusion)
+    x = torch.randn(2, 5, 48)
+    h = layer.base(x)
+    changes = [layer.apply_adapters([name], x) - h for name in NAMES]
+    set_weights(model, composition, torch.tensor([[0.5], [-1.0], [2.0]]))
+    expected = h + 0.5 * changes[0] - 1.0 * changes[1] + 2.0 * changes[2]
+    assert (layer(x) - expected).abs().max() <= 1e-5
+    assert (base - singles[NAMES[0]]).abs().max() > 1e-3  # the adapters do act
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_variant_parameter_counts_training_and_round_trip(variant, tmp_path):
+    model = sources()
+    composition = Scale(*NAMES, **VARIANTS[variant])
+    model.set_adapter(composition)
+    assert composition.variant == variant
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    layers, n, width = 2, 3, 32
+    expected = {"ScaLearn": layers * n * width, "ScaLearnUniform": layers * n, "ScaLearn++": n * width,
+                "ScaLearnUniform++": n}[variant]
+    assert sum(p.numel() for p in trainable.values()) == expected
+    weights = torch.cat([p.detach().flatten() for p in trainable.values()])
+    assert abs(weights.mean().item() - 2 / 3) < 1e-3 and weights.std().item() < 0.002  # N(2/N, 0.001)
+
+    batch = {**tiny_batch(4), "labels": torch.tensor([0, 1, 2, 1])}
+    optimizer = torch.optim.AdamW(trainable.values(), lr=0.05)
+    model.train()
+    losses = []
+    for _ in range(15):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]  # only ω trains (the head stays random): a small but real fall
+    assert (torch.cat([p.detach().flatten() for p in trainable.values()]) - weights).abs().max() > 0.01
+    model.eval()
+    expected_logits = logits(model)
+    model.save_pretrained(tmp_path)
+    loaded = peftkit.PeftModel.from_pretrained(without_dropout(tiny_model("bert")), tmp_path)
+    assert loaded.active_composition == composition
+    assert (logits(loaded) - expected_logits).abs().max() <= 1e-6
+
+
+def test_fuse_has_far_more_transfer_parameters_than_scalearn():
+    model = sources()
+    model.set_adapter(Fuse(*NAMES))
+    fuse = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert fuse == 2 * 3 * (32 * 32 + 32)
+    model.set_adapter(Scale(*NAMES))
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) * 10 < fuse
+
+
+def test_scale_settings_are_checked():
+    with pytest.raises(peftkit.ConfigError, match="dropout must be in"):
+        Scale("a", "b", dropout=1.5)
