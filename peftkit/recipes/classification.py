@@ -32,14 +32,23 @@ from peftkit.recipes.training import (
     with_method,
 )
 from peftkit.objectives.density import DENSITY_THRESHOLD, DensityLoss, activation_density
-from peftkit.tasks.classification import Columns, LabelSet, bundled_sst2, find_columns, load_examples, tokenize
+from peftkit.tasks.classification import (Columns, Examples, LabelSet, bundled_sst2, find_columns, load_examples,
+                                         tokenize)
 from peftkit.tasks.data import read_rows
 
 
-def train_classifier(options: TrainOptions) -> TrainResult:
-    """Train ``options.method`` (any registered method, or "full") and score it; see the module docstring."""
-    started = time.perf_counter()
-    torch.manual_seed(options.seed)
+@dataclass
+class TaskData:
+    """A classification task's examples, read as ``options`` says (bundled SST-2 without files)."""
+
+    model_dir: Path
+    columns: Columns
+    labels: LabelSet
+    train: Examples
+    eval: Examples
+
+
+def load_task_data(options: TrainOptions) -> TaskData:
     model_dir = resolve_model_dir(options.model)
     train_path = Path(options.train) if options.train else bundled_sst2("train")
     train_rows = read_rows(train_path)
@@ -55,6 +64,16 @@ def train_classifier(options: TrainOptions) -> TrainResult:
         eval_rows = read_rows(eval_path)
     train_examples, labels = load_examples(train_path, columns, rows=train_rows)
     eval_examples, _ = load_examples(eval_path, columns, labels, rows=eval_rows)
+    return TaskData(model_dir, columns, labels, train_examples, eval_examples)
+
+
+def train_classifier(options: TrainOptions) -> TrainResult:
+    """Train ``options.method`` (any registered method, or "full") and score it; see the module docstring."""
+    started = time.perf_counter()
+    torch.manual_seed(options.seed)
+    data = load_task_data(options)
+    model_dir, columns, labels, train_examples, eval_examples = (data.model_dir, data.columns, data.labels,
+                                                                 data.train, data.eval)
     config = recipe_config(options, "SEQ_CLS", model_dir, labels.names)
     learning_rate = options.lr or LEARNING_RATES.get(options.method, 1e-3)
 

@@ -49,7 +49,8 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> list[dict]:
 
 def _read_json_lines(path: Path, text: str) -> list[dict]:
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # JSON Lines end at "\n" only: str.splitlines would also split inside strings at U+0085, U+2028, …
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -22,6 +22,12 @@ def test_reads_csv_tsv_jsonl_and_json_arrays_alike(tmp_path):
         assert read_rows(path) == rows
 
 
+def test_jsonl_strings_may_hold_unicode_line_separators(tmp_path):
+    rows = [{"text": "one \u0085 two \u2028 three", "label": "a"}, {"text": "four", "label": "b"}]
+    path = write(tmp_path / "d.jsonl", "\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows))
+    assert read_rows(path) == rows
+
+
 @pytest.mark.parametrize(("name", "text", "message"), [
     ("missing.csv", None, "data file not found"),
     ("empty.csv", "", "holds no rows"),
