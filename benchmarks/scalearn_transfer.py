@@ -8,7 +8,8 @@ for ``--epochs`` epochs, over ``--seeds`` seeds (the seed also draws the held-ou
 written to ``results/scalearn_transfer.json``: the transfer layer's trainable parameters (the head, the
 same for all, excluded), mean and spread of dev accuracy.
 
-Usage: python benchmarks/scalearn_transfer.py [--seeds 1,2,3] [--epochs 15] [--sources-dir DIR]
+Usage: [PEFTKIT_DATA=../shared/data] python benchmarks/scalearn_transfer.py [--seeds 1,2,3] [--epochs 15]
+       [--sources-dir DIR]
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# the workplace's data sets, next to the repository (or where PEFTKIT_DATA points)
+DATA = Path(os.environ.get("PEFTKIT_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 SOURCES = {"sst2": ("sst2/train.jsonl", "sst2/dev.jsonl"), "subj": ("subj/all.jsonl", None),
            "mpqa": ("mpqa/all.jsonl", None), "trec": ("trec/train.jsonl", None), "rte": ("rte/train.jsonl", None)}
 TARGET = "cb/train.jsonl"
