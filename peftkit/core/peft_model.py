@@ -37,7 +37,7 @@ from peftkit.core.checkpoint import (
 from peftkit.core.composition import (Composition, LearnedComposition, Parallel, Stack, composition_from_dict,
                                       repeat_batch)
 from peftkit.core.config import PeftConfig
-from peftkit.core.errors import ConfigError
+from peftkit.core.errors import CheckpointError, ConfigError
 from peftkit.core.layer import AdapterLayer, output_width
 from peftkit.core.lean import disable_lean_training, enable_lean_training
 from peftkit.core.modules_to_save import ModuleCopies, ModulesToSave
@@ -539,6 +539,22 @@ class PeftModel(nn.Module):
             for key, tensor in tensors.items():
                 if key != SAVED_KEY:
                     live[key].copy_(tensor.to(live[key].dtype))
+
+    def load_prompt(self, model_id: str | Path, adapter_name: str = "default") -> None:
+        """Start the prompt-learning adapter ``adapter_name`` from the virtual tokens saved in ``model_id``
+        (prompt transfer: a source task's trained prompt initialises the target's); the rest of that folder
+        (a head, other tensors) is not used."""
+        self._require(adapter_name)
+        if adapter_name not in self.prompt_adapters:
+            raise ConfigError(f"adapter '{adapter_name}' is not a prompt-learning adapter")
+        tensors, path = read_adapter_weights(model_id)
+        prompt = self.prompt_adapters[adapter_name]
+        wanted = tuple(prompt.virtual_tokens().shape)
+        if SAVED_KEY not in tensors or tuple(tensors[SAVED_KEY].shape) != wanted:
+            found = tuple(tensors[SAVED_KEY].shape) if SAVED_KEY in tensors else "none"
+            raise CheckpointError(f"{path}: needs '{SAVED_KEY}' of shape {wanted} to start the prompt from, found {found}")
+        prompt.load_saved(tensors)
+        self._mark_trainable()
 
     def _base_tensors_by_key(self, prefix: str) -> dict[str, torch.Tensor]:
         return {prefix + parameter_key(name): p for name, p in self._visible_base_parameters()}

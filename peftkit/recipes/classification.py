@@ -17,6 +17,7 @@ from transformers import DataCollatorWithPadding
 
 from peftkit.bench.memory import peak_rss_mib
 from peftkit.core.checkpoint import write_json
+from peftkit.core.errors import ConfigError
 from peftkit.core.pretrained import load_sequence_classifier, resolve_model_dir
 from peftkit.recipes.training import (
     LEARNING_RATES,
@@ -32,6 +33,7 @@ from peftkit.recipes.training import (
     with_method,
 )
 from peftkit.objectives.density import DENSITY_THRESHOLD, DensityLoss, activation_density
+from peftkit.objectives.distillation import DistillationLoss
 from peftkit.tasks.classification import (Columns, Examples, LabelSet, bundled_sst2, find_columns, load_examples,
                                          tokenize)
 from peftkit.tasks.data import read_rows
@@ -82,10 +84,15 @@ def train_classifier(options: TrainOptions) -> TrainResult:
     trainable, total = parameter_counts(peft_model)
     dataset = tokenize(tokenizer, train_examples, options.max_length)
     eval_encoded = tokenize(tokenizer, eval_examples, options.max_length)
-    objectives, density = (), None
+    if options.init_prompt:
+        peft_model.load_prompt(options.init_prompt)
+    objectives, density = [], None
     if options.density_loss:
         density_before = feed_forward_density(peft_model, tokenizer, eval_encoded)
-        objectives = (DensityLoss(peft_model, weight=options.density_loss),)
+        objectives.append(DensityLoss(peft_model, weight=options.density_loss))
+    if options.teacher:
+        objectives.append(DistillationLoss(peft_model, load_teacher(options.teacher, labels, options.model),
+                                           weight=options.distill_weight))
     progress, train_seconds = run_trainer(peft_model, dataset, DataCollatorWithPadding(tokenizer), options,
                                           learning_rate, objectives=objectives)
     if options.density_loss:
@@ -107,6 +114,14 @@ def train_classifier(options: TrainOptions) -> TrainResult:
         output=output, losses=progress.losses, step_seconds=progress.step_seconds, steps=len(progress.step_seconds),
         density=density,
     )
+
+
+def load_teacher(adapter_dir: str, labels: LabelSet, model: str | None) -> torch.nn.Module:
+    """A saved classification adapter of the same labels, to distil from."""
+    _, teacher, task = load_saved_adapter(adapter_dir, "text-classification", model)
+    if task["labels"] != labels.names:
+        raise ConfigError(f"teacher {adapter_dir} has labels {task['labels']}, the task {labels.names}")
+    return teacher
 
 
 def _batches(model: torch.nn.Module, tokenizer, examples: list[dict], batch_size: int):

@@ -65,6 +65,9 @@ class TrainOptions:
     eval_fraction: float = 0.1
     method_options: dict = field(default_factory=dict)
     density_loss: float = 0.0  # DEFT's weight w (objectives/density.py); 0: off
+    init_prompt: str | None = None  # a saved prompt-learning adapter whose virtual tokens start the new prompt
+    teacher: str | None = None  # a saved adapter folder of the same task: distil its logits (objectives/distillation)
+    distill_weight: float = 1.0  # β of the distillation term
 
 
 @dataclass
