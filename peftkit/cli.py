@@ -69,6 +69,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if options.task == "causal-lm":
         from peftkit.recipes.causal_lm import train_causal_lm
 
+        if options.init_prompt or options.teacher:
+            raise ConfigError("--init-prompt and --teacher apply to classification only")
+
         result = train_causal_lm(options)
     elif options.task == "classification":
         from peftkit.recipes.classification import train_classifier
@@ -216,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--eval", help="evaluation file; default: SST-2 dev, or 10%% held out of --train")
     train.add_argument("--model", help="local transformers model folder; default: bundled all-MiniLM-L6-v2")
     train.add_argument("--method", help="PEFT method: lora (default), qlora, adapter, meft, ia3, bitfit, ln, "
-                                        "prompt, ptuning, prefix, ...; or full")
+                                        "prompt, ptuning, prefix, adalora, increlora, vl_pet, apet; or full")
     train.add_argument("--epochs", type=float)
     train.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
     train.add_argument("--bf16", action="store_true", default=None,
@@ -224,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, help="learning rate (default: the method's, e.g. 1e-3 for lora)")
     train.add_argument("--density-loss", type=float, metavar="W",
                        help="add DEFT's density loss with weight W (sparser feed-forward activations)")
+    train.add_argument("--init-prompt", metavar="DIR",
+                       help="start the soft prompt from a saved prompt adapter's (prompt transfer)")
+    train.add_argument("--teacher", metavar="DIR",
+                       help="distil the logits of this saved adapter of the same task (PANDA's second term)")
+    train.add_argument("--distill-weight", type=float, metavar="BETA", help="weight of the distillation term "
+                       "(default 1)")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--max-length", type=int, help="tokens per example (default 128)")
     train.add_argument("--seed", type=int)

@@ -51,6 +51,7 @@ def load_sequence_classifier(model_dir: Path, label_names: list[str]):
             num_labels=len(label_names),
             id2label=dict(enumerate(label_names)),
             label2id={name: i for i, name in enumerate(label_names)},
+            ignore_mismatched_sizes=True,  # a saved head for other labels gives way to a fresh one
         )
     except (OSError, ValueError) as exc:
         raise PeftkitError(f"cannot load a model from '{model_dir}': {str(exc).splitlines()[0]}") from None
