@@ -29,7 +29,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 METHODS = ["full", "lora", "lora+deft", "qlora", "meft", "adapter", "ia3", "bitfit", "ln", "prompt", "ptuning",
-           "prefix", "vl_pet"]
+           "prefix", "vl_pet", "adalora", "increlora", "apet"]
 DEFT = "+deft"  # a method with DEFT's density loss (w = 1) added
 RESULTS = Path(__file__).parent / "results" / "methods_sst2.json"
 
