@@ -29,7 +29,7 @@ from peftkit.core.config import TargetedConfig, config_dataclass
 from peftkit.core.errors import ConfigError
 from peftkit.core.registry import Method, register_method
 from peftkit.methods.lora import LORA_DEFAULT_TARGETS, LoraConfig, linear_shape
-from peftkit.methods.svd_lora import SvdLowRankLinear
+from peftkit.methods.svd_lora import SvdLowRankLinear, check_allocation_settings, require_int
 
 
 @config_dataclass
@@ -58,23 +58,14 @@ class AdaLoraConfig(TargetedConfig):
     def validate(self) -> None:
         super().validate()
         for name in ("target_r", "init_r", "deltaT"):
-            _require_int(name, getattr(self, name), minimum=1)
+            require_int(name, getattr(self, name), minimum=1)
         for name in ("tinit", "tfinal"):
-            _require_int(name, getattr(self, name), minimum=0)
+            require_int(name, getattr(self, name), minimum=0)
         if self.target_r > self.init_r:
             raise ConfigError(f"target_r ({self.target_r}) must not exceed init_r ({self.init_r})")
-        for name in ("beta1", "beta2"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0 < value < 1:
-                raise ConfigError(f"{name} must be in (0, 1), got {value!r}")
-        if not isinstance(self.orth_reg_weight, (int, float)) or self.orth_reg_weight < 0:
-            raise ConfigError(f"orth_reg_weight must be ≥ 0, got {self.orth_reg_weight!r}")
-        if not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha <= 0:
-            raise ConfigError(f"lora_alpha must be positive, got {self.lora_alpha!r}")
-        if not isinstance(self.lora_dropout, (int, float)) or not 0 <= self.lora_dropout < 1:
-            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        check_allocation_settings(self)
         if self.total_step is not None:
-            _require_int("total_step", self.total_step, minimum=1)
+            require_int("total_step", self.total_step, minimum=1)
             if self.tinit >= self.total_step - self.tfinal:
                 raise ConfigError(f"tinit ({self.tinit}) must be below total_step − tfinal "
                                   f"({self.total_step} − {self.tfinal}): no steps are left to prune in")
@@ -86,11 +77,6 @@ class AdaLoraConfig(TargetedConfig):
         """Triplets a module holds: the saved mask's count, or init_r."""
         mask = (self.rank_pattern or {}).get(f"{module_name}.lora_E")
         return self.init_r if mask is None else sum(bool(m) for m in mask)
-
-
-def _require_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
 
 
 class AdaLoraLinear(SvdLowRankLinear):

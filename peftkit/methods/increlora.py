@@ -41,9 +41,8 @@ from transformers.pytorch_utils import Conv1D
 from peftkit.core.config import TargetedConfig, config_dataclass
 from peftkit.core.errors import ConfigError
 from peftkit.core.registry import Method, register_method
-from peftkit.methods.adalora import _require_int
 from peftkit.methods.lora import LORA_DEFAULT_TARGETS, linear_shape
-from peftkit.methods.svd_lora import SvdLowRankLinear
+from peftkit.methods.svd_lora import SvdLowRankLinear, check_allocation_settings, require_int
 
 RESERVE_E = 1e-5
 INIT_STD = 0.02
@@ -72,25 +71,16 @@ class IncreLoraConfig(TargetedConfig):
     def validate(self) -> None:
         super().validate()
         for name in ("target_rank", "init_r", "incre_interval"):
-            _require_int(name, getattr(self, name), minimum=1)
+            require_int(name, getattr(self, name), minimum=1)
         if self.top_h is not None:
-            _require_int("top_h", self.top_h, minimum=1)
+            require_int("top_h", self.top_h, minimum=1)
         for name in ("init_warmup", "new_param_warmup"):
-            _require_int(name, getattr(self, name), minimum=0)
+            require_int(name, getattr(self, name), minimum=0)
         if self.init_r > self.target_rank:
             raise ConfigError(f"init_r ({self.init_r}) must not exceed target_rank ({self.target_rank})")
-        for name in ("beta1", "beta2"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0 < value < 1:
-                raise ConfigError(f"{name} must be in (0, 1), got {value!r}")
-        if not isinstance(self.orth_reg_weight, (int, float)) or self.orth_reg_weight < 0:
-            raise ConfigError(f"orth_reg_weight must be ≥ 0, got {self.orth_reg_weight!r}")
-        if not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha <= 0:
-            raise ConfigError(f"lora_alpha must be positive, got {self.lora_alpha!r}")
-        if not isinstance(self.lora_dropout, (int, float)) or not 0 <= self.lora_dropout < 1:
-            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        check_allocation_settings(self)
         for key, rank in self.rank_pattern.items():
-            _require_int(f"rank_pattern['{key}']", rank, minimum=1)
+            require_int(f"rank_pattern['{key}']", rank, minimum=1)
 
     def active_rank(self, module_name: str) -> int:
         return self.rank_pattern.get(module_name, self.init_r)

@@ -17,10 +17,30 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from peftkit.core.errors import ConfigError
 from peftkit.core.layer import AdapterLayer
 from peftkit.methods.lora import linear_shape
 
 RANK_EPSILON = 1e-5  # peft's guard in α / (r + ε)
+
+
+def require_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
+
+
+def check_allocation_settings(config) -> None:
+    """The settings AdaLoRA and IncreLoRA share: β₁, β₂ in (0, 1), orth_reg_weight ≥ 0, α > 0, dropout in [0, 1)."""
+    for name in ("beta1", "beta2"):
+        value = getattr(config, name)
+        if not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise ConfigError(f"{name} must be in (0, 1), got {value!r}")
+    if not isinstance(config.orth_reg_weight, (int, float)) or config.orth_reg_weight < 0:
+        raise ConfigError(f"orth_reg_weight must be ≥ 0, got {config.orth_reg_weight!r}")
+    if not isinstance(config.lora_alpha, (int, float)) or config.lora_alpha <= 0:
+        raise ConfigError(f"lora_alpha must be positive, got {config.lora_alpha!r}")
+    if not isinstance(config.lora_dropout, (int, float)) or not 0 <= config.lora_dropout < 1:
+        raise ConfigError(f"lora_dropout must be in [0, 1), got {config.lora_dropout!r}")
 
 
 class SvdLowRankLinear(AdapterLayer):
