@@ -30,3 +30,5 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/meft_reconstruction.py
 	$(BIN)/python benchmarks/methods_sst2.py
 	$(BIN)/python benchmarks/apet_sweep.py
+	$(BIN)/python benchmarks/scalearn_transfer.py
+	$(BIN)/python benchmarks/panda_transfer.py
