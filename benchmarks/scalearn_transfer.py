@@ -8,7 +8,7 @@ for ``--epochs`` epochs, over ``--seeds`` seeds (the seed also draws the held-ou
 written to ``results/scalearn_transfer.json``: the transfer layer's trainable parameters (the head, the
 same for all, excluded), mean and spread of dev accuracy.
 
-Usage: [PEFTKIT_DATA=../shared/data] python benchmarks/scalearn_transfer.py [--seeds 1,2,3] [--epochs 15]
+Usage: [PEFTKIT_DATA=../shared/data] python benchmarks/scalearn_transfer.py [--seeds 1,2,3] [--epochs 10]
        [--sources-dir DIR]
 """
 
@@ -43,7 +43,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", default="1,2,3")
-    parser.add_argument("--epochs", type=float, default=15)
+    parser.add_argument("--epochs", type=float, default=10)
     parser.add_argument("--source-steps", type=int, default=200)
     parser.add_argument("--sources-dir", default=str(Path.home() / ".cache" / "peftkit" / "scalearn_sources"))
     parser.add_argument("--methods", default=",".join(METHODS))

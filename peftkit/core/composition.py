@@ -193,9 +193,8 @@ class Fuse(LearnedComposition):
         return Fusion(width, like)
 
     def combine(self, layer, present, args, kwargs):
-        base_output = layer.apply_adapters([], *args, **kwargs)
-        outputs = torch.stack([layer.apply_adapters([name], *args, **kwargs) for name in present])
-        return layer.fusion[self.key](base_output, outputs)
+        base_output, deltas = layer.adapter_deltas(present, *args, **kwargs)  # hᵢ = h₀ + Δᵢ
+        return layer.fusion[self.key](base_output, base_output + deltas)
 
 
 class Scaling(nn.Module):
