@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -11,6 +12,7 @@ import torch
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
+    BertTokenizerFast,
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
@@ -136,3 +138,36 @@ ATTENTION_TARGETS = {"bert": ["query", "value"], "gpt2": ["c_attn"], "llama": ["
 @pytest.fixture(params=MODEL_KINDS)
 def kind(request) -> str:
     return request.param
+
+
+# A tiny BERT folder with a real WordPiece tokenizer, and a CSV / JSONL sentiment task in its words, for
+# tests of the command line and the recipes.
+WORDS = ["good", "great", "fine", "bad", "awful", "poor", "movie", "film", "plot", "the", "a", "was", "very"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)}).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=48, max_position_embeddings=32)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for i in range(160):
+        positive = i % 2 == 0
+        word = ["good", "great", "fine"] if positive else ["bad", "awful", "poor"]
+        noun = ["movie", "film", "plot"][int(torch.randint(3, (1,), generator=generator))]
+        rows.append({"review": f"the {noun} was very {word[i % 3]}", "sentiment": "pos" if positive else "neg"})
+    (folder / "train.csv").write_text("review,sentiment\n" + "".join(f"{r['review']},{r['sentiment']}\n"
+                                                                     for r in rows[:120]))
+    (folder / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[120:]))
+    return folder

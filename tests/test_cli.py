@@ -5,41 +5,9 @@ import subprocess
 import sys
 
 import pytest
-import torch
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+from transformers import BertForSequenceClassification
 
 from peftkit.cli import main
-
-WORDS = ["good", "great", "fine", "bad", "awful", "poor", "movie", "film", "plot", "the", "a", "was", "very"]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)}).save_pretrained(folder)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=48, max_position_embeddings=32)
-    BertForSequenceClassification(config).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    generator = torch.Generator().manual_seed(0)
-    rows = []
-    for i in range(160):
-        positive = i % 2 == 0
-        word = ["good", "great", "fine"] if positive else ["bad", "awful", "poor"]
-        noun = ["movie", "film", "plot"][int(torch.randint(3, (1,), generator=generator))]
-        rows.append({"review": f"the {noun} was very {word[i % 3]}", "sentiment": "pos" if positive else "neg"})
-    (folder / "train.csv").write_text("review,sentiment\n" + "".join(f"{r['review']},{r['sentiment']}\n"
-                                                                     for r in rows[:120]))
-    (folder / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[120:]))
-    return folder
-
 
 def test_train_on_a_users_csv_then_eval_info_and_merge(model_dir, data, tmp_path, capsys):
     out = tmp_path / "adapter"

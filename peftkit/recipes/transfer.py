@@ -60,6 +60,7 @@ def source_only(trained: Path, folder: Path) -> None:
 
 @dataclass
 class TransferResult:
+    model: PeftModel  # the sources, the trained composition and head; ``save_pretrained`` keeps all of it
     method: str
     accuracy: float
     transfer_parameters: int  # the composition's own trained parameters (ω, or the fusion layers)
@@ -88,6 +89,6 @@ def train_transfer(options: TrainOptions, sources: dict[str, Path], method: str)
     _, seconds = run_trainer(peft_model, dataset, DataCollatorWithPadding(tokenizer), options,
                              options.lr or default_lr)
     correct = count_correct(peft_model, tokenizer, tokenize(tokenizer, data.eval, options.max_length))
-    return TransferResult(method=method, accuracy=correct / len(data.eval.labels), transfer_parameters=transfer,
+    return TransferResult(model=peft_model, method=method, accuracy=correct / len(data.eval.labels), transfer_parameters=transfer,
                           head_parameters=sum(p.numel() for p in head.parameters()), train_seconds=seconds)
 
