@@ -36,7 +36,7 @@ METHOD_DEFAULTS = {
 # every weight of the model (no adapter): the reference the methods are measured against.
 LEARNING_RATES = {"lora": 1e-3, "qlora": 2e-3, "adapter": 2e-3, "ia3": 2e-2, "bitfit": 2e-3, "ln": 2e-3,
                   "prompt": 3e-2, "ptuning": 3e-3, "prefix": 1e-2, "meft": 2e-3, "vl_pet": 2e-3, "apet": 5e-4,
-                  "adalora": 1e-3, "increlora": 1e-3,
+                  "adalora": 1e-2, "increlora": 1e-2,
                   "full": 5e-5}
 FULL_FINE_TUNING = "full"
 # Methods that are another method on a quantised base model: name -> (adapter method, base quantisation).
