@@ -20,10 +20,12 @@ the adapters of the block it holds (an adapter absent from a module leaves that 
   aₖ(h) adapter k's output before its residual (``AdapterLayer.adapter_deltas``). ωₖ is a vector per
   module (ScaLearn), a scalar per module (``uniform=True``: ScaLearnUniform), or one ω shared by every
   module (``shared=True``: ScaLearn++ / ScaLearnUniform++). ω starts at N(2/N, 0.001²) (N adapters) and
-  takes dropout (``dropout``, default 0.1) in training. The adapters stay frozen; ω trains.
+  takes dropout (``dropout``, default 0.1) in training. The adapters stay frozen; ω trains. A module
+  holding only some of the adapters (even one) uses their rows of ω.
 
 ``Fuse`` and ``Scale`` keep their trained layers in each adapter layer's ``fusion`` dict under the
-composition's ``key``, saved in ``peftkit_fusion.safetensors``.
+composition's ``key``, saved in ``peftkit_fusion.safetensors`` together with the base modules named in
+their ``modules_to_save`` (the target task's head, trained with them).
 
 Prompt-learning adapters change the input length, so only ``Stack`` takes one.
 """
@@ -165,7 +167,24 @@ class Fusion(nn.Module):
 
 
 class LearnedComposition(Composition):
-    """A composition with trained layers at each module holding two or more of its adapters."""
+    """A composition with trained layers at each module holding ``min_present`` or more of its adapters.
+
+    ``modules_to_save`` names base modules (e.g. a new task's ``classifier``) trained with the layers, in
+    place, and saved with them.
+    """
+
+    min_present = 2
+
+    def __init__(self, *names: str, modules_to_save: tuple[str, ...] | list[str] = ()) -> None:
+        super().__init__(*names)
+        if isinstance(modules_to_save, str) or not all(isinstance(m, str) and m for m in modules_to_save):
+            raise ConfigError(f"{type(self).__name__}: modules_to_save must be a list of module names, "
+                              f"got {modules_to_save!r}")
+        self.modules_to_save = tuple(modules_to_save)
+
+    def to_dict(self) -> dict:
+        saved = {"modules_to_save": list(self.modules_to_save)} if self.modules_to_save else {}
+        return {**super().to_dict(), **saved}
 
     @property
     def key(self) -> str:
@@ -181,7 +200,7 @@ class LearnedComposition(Composition):
 
     def run(self, layer, args, kwargs):
         present = self.present(layer)
-        if len(present) < 2 or self.key not in layer.fusion:
+        if len(present) < self.min_present or self.key not in layer.fusion:
             return layer.apply_adapters(list(self.names), *args, **kwargs)
         return self.combine(layer, present, args, kwargs)
 
@@ -205,17 +224,20 @@ class Scaling(nn.Module):
         self.weights = weights
         self.dropout = dropout
 
-    def forward(self, base_output: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
-        omega = nn.functional.dropout(self.weights, self.dropout, self.training)
+    def forward(self, base_output: torch.Tensor, deltas: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """``rows``: which adapters of the composition ``deltas`` holds (a module may hold only some)."""
+        omega = nn.functional.dropout(self.weights[rows], self.dropout, self.training)
         omega = omega.view(omega.shape[0], *([1] * (deltas.dim() - 2)), omega.shape[1])
         return base_output + (omega.to(deltas.dtype) * deltas).sum(0)
 
 
 class Scale(LearnedComposition):
     kind = "scale"
+    min_present = 1  # one adapter alone is scaled too
 
-    def __init__(self, *names: str, uniform: bool = False, shared: bool = False, dropout: float = 0.1) -> None:
-        super().__init__(*names)
+    def __init__(self, *names: str, uniform: bool = False, shared: bool = False, dropout: float = 0.1,
+                 modules_to_save: tuple[str, ...] | list[str] = ()) -> None:
+        super().__init__(*names, modules_to_save=modules_to_save)
         if not 0 <= dropout < 1:
             raise ConfigError(f"Scale: dropout must be in [0, 1), got {dropout!r}")
         self.uniform, self.shared, self.dropout = bool(uniform), bool(shared), float(dropout)
@@ -240,10 +262,8 @@ class Scale(LearnedComposition):
         return Scaling(shared["weights"], self.dropout)
 
     def combine(self, layer, present, args, kwargs):
-        if present != list(self.names):
-            raise ConfigError(f"{self!r}: a module holds only {present} of the adapters")
         base_output, deltas = layer.adapter_deltas(present, *args, **kwargs)
-        return layer.fusion[self.key](base_output, deltas)
+        return layer.fusion[self.key](base_output, deltas, [self.names.index(name) for name in present])
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "uniform": self.uniform, "shared": self.shared, "dropout": self.dropout}
@@ -271,6 +291,8 @@ def composition_from_dict(values: dict) -> Composition:
         options["weights"] = tuple(values["weights"])
     if "sizes" in values and kind == "batch_split":
         options["sizes"] = tuple(values["sizes"])
+    if kind in ("fuse", "scale") and "modules_to_save" in values:
+        options["modules_to_save"] = tuple(values["modules_to_save"])
     if kind == "scale":
         options.update({k: values[k] for k in ("uniform", "shared", "dropout") if k in values})
     return KINDS[kind](*values["names"], **options)

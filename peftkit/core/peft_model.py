@@ -230,6 +230,8 @@ class PeftModel(nn.Module):
             self._require(name)
         if composition is not None:
             self._check_composition(composition)
+        if isinstance(composition, LearnedComposition):
+            self._composition_modules(composition)  # every name in modules_to_save must match a module
         if self._merged():
             warnings.warn("unmerging the merged adapters before switching adapters", stacklevel=2)
             self.unmerge_adapter()
@@ -254,7 +256,7 @@ class PeftModel(nn.Module):
     def _add_fusion_layers(self, fuse: LearnedComposition) -> None:
         holding, state = 0, {}
         for _, layer in self.adapter_layers():
-            if isinstance(layer, ModuleCopies) or len(fuse.present(layer)) < 2:
+            if isinstance(layer, ModuleCopies) or len(fuse.present(layer)) < fuse.min_present:
                 continue
             holding += 1
             if fuse.key not in layer.fusion:
@@ -318,6 +320,20 @@ class PeftModel(nn.Module):
             for _, layer in self.adapter_layers():
                 if composition.key in layer.fusion:
                     layer.fusion[composition.key].requires_grad_(True)
+            for parameter in self._composition_modules(composition).values():
+                parameter.requires_grad_(True)
+
+    def _composition_modules(self, composition: LearnedComposition) -> dict[str, nn.Parameter]:
+        """The parameters of the base modules in ``composition.modules_to_save``, by saved key."""
+        found = {}
+        for target in composition.modules_to_save:
+            matched = {f"modules_to_save.{parameter_key(name)}": p for name, p in self._visible_base_parameters()
+                       if f".{target}." in f".{module_key(name.rsplit('.', 1)[0])}."}  # the module or inside it
+            if not matched:
+                raise ConfigError(f"{composition!r}: modules_to_save names {target!r}, which matches no module "
+                                  f"with parameters")
+            found.update(matched)
+        return found
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -468,8 +484,8 @@ class PeftModel(nn.Module):
         """Write each adapter in peft's format (``default`` at the root, others in sub-folders).
 
         With a composition active (and all adapters saved), also ``peftkit_composition.json`` naming it and,
-        for ``Fuse`` / ``Scale``, their layers in ``peftkit_fusion.safetensors`` (a tensor shared by
-        every module, ScaLearn++'s ω, is written once per module).
+        for ``Fuse`` / ``Scale``, their layers and ``modules_to_save`` in ``peftkit_fusion.safetensors`` (a
+        tensor shared by every module, ScaLearn++'s ω, is written once per module).
         """
         for name in selected_adapters or list(self.peft_config):
             config = self._require(name).to_dict()
@@ -485,8 +501,9 @@ class PeftModel(nn.Module):
                    {"composition": composition.to_dict(), "train": self.trained_in_composition})
 
     def _fusion_tensors(self, fuse: LearnedComposition) -> dict[str, torch.Tensor]:
-        return {f"{path}.fusion.{key}": tensor for path, layer in self.adapter_layers() if fuse.key in layer.fusion
-                for key, tensor in layer.fusion[fuse.key].state_dict().items()}
+        layers = {f"{path}.fusion.{key}": tensor for path, layer in self.adapter_layers() if fuse.key in layer.fusion
+                  for key, tensor in layer.fusion[fuse.key].state_dict().items()}
+        return {**layers, **self._composition_modules(fuse)}
 
     @classmethod
     def from_pretrained(

@@ -7,7 +7,7 @@ head stays behind, as the target has its own labels).
 Stage 2 (``train_transfer``): the pretrained model with a fresh head for the target labels, every source
 adapter loaded frozen, and one composition over them (``core/composition.py``): ``Scale`` (ScaLearn and
 its Uniform / ++ variants: only ω trains) or ``Fuse`` (AdapterFusion: the fusion layers train). The head
-trains with them. Reported: the target score and the transfer layer's parameter count (head excluded).
+trains with them (the composition's ``modules_to_save``, saved with it). Reported: the target score and the transfer layer's parameter count (head excluded).
 
 Frohmann et al., 2024, "ScaLearn: Simple and Highly Parameter-Efficient Task Transfer by Learning to
 Scale"; Pfeiffer et al., 2021, "AdapterFusion: Non-Destructive Task Composition for Transfer Learning".
@@ -30,13 +30,14 @@ from peftkit.recipes.classification import count_correct, load_task_data, train_
 from peftkit.recipes.training import TrainOptions, run_trainer
 from peftkit.tasks.classification import tokenize
 
-# composition name -> (how to build it over the source names, default learning rate)
+# composition name -> (how to build it over the source names and the head trained with it, default learning rate)
 TRANSFER_METHODS = {
-    "scalearn": (lambda names: Scale(*names), 5e-3),
-    "scalearn_uniform": (lambda names: Scale(*names, uniform=True), 5e-3),
-    "scalearn++": (lambda names: Scale(*names, shared=True), 5e-3),
-    "scalearn_uniform++": (lambda names: Scale(*names, uniform=True, shared=True), 5e-3),
-    "fuse": (lambda names: Fuse(*names), 5e-4),
+    "scalearn": (lambda names, head: Scale(*names, modules_to_save=[head]), 5e-3),
+    "scalearn_uniform": (lambda names, head: Scale(*names, uniform=True, modules_to_save=[head]), 5e-3),
+    "scalearn++": (lambda names, head: Scale(*names, shared=True, modules_to_save=[head]), 5e-3),
+    "scalearn_uniform++": (lambda names, head: Scale(*names, uniform=True, shared=True, modules_to_save=[head]),
+                           5e-3),
+    "fuse": (lambda names, head: Fuse(*names, modules_to_save=[head]), 5e-4),
 }
 HEAD_NAMES = ("classifier", "score")
 
@@ -60,7 +61,8 @@ def source_only(trained: Path, folder: Path) -> None:
 
 @dataclass
 class TransferResult:
-    model: PeftModel  # the sources, the trained composition and head; ``save_pretrained`` keeps all of it
+    model: PeftModel  # the sources, the trained composition and head; ``save_pretrained`` keeps all of it,
+    # ``PeftModel.from_pretrained(a model with the target's labels, folder)`` loads it back
     method: str
     accuracy: float
     transfer_parameters: int  # the composition's own trained parameters (ω, or the fusion layers)
@@ -81,14 +83,15 @@ def train_transfer(options: TrainOptions, sources: dict[str, Path], method: str)
     peft_model = PeftModel(model)
     for name, folder in sources.items():
         peft_model.load_adapter(folder, adapter_name=name)
-    peft_model.set_adapter(make_composition(list(sources)))
-    transfer = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    head = next(getattr(model, name) for name in HEAD_NAMES if hasattr(model, name))
-    head.requires_grad_(True)
+    head_name = next(name for name in HEAD_NAMES if hasattr(model, name))
+    head = getattr(model, head_name)
+    peft_model.set_adapter(make_composition(list(sources), head_name))
+    head_parameters = sum(p.numel() for p in head.parameters())
+    transfer = sum(p.numel() for p in peft_model.parameters() if p.requires_grad) - head_parameters
     dataset = tokenize(tokenizer, data.train, options.max_length)
     _, seconds = run_trainer(peft_model, dataset, DataCollatorWithPadding(tokenizer), options,
                              options.lr or default_lr)
     correct = count_correct(peft_model, tokenizer, tokenize(tokenizer, data.eval, options.max_length))
     return TransferResult(model=peft_model, method=method, accuracy=correct / len(data.eval.labels), transfer_parameters=transfer,
-                          head_parameters=sum(p.numel() for p in head.parameters()), train_seconds=seconds)
+                          head_parameters=head_parameters, train_seconds=seconds)
 

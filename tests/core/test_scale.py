@@ -105,3 +105,71 @@ def test_fuse_has_far_more_transfer_parameters_than_scalearn():
 def test_scale_settings_are_checked():
     with pytest.raises(peftkit.ConfigError, match="dropout must be in"):
         Scale("a", "b", dropout=1.5)
+
+
+def test_a_module_holding_only_some_adapters_uses_their_rows_of_omega():
+    model = sources()
+    model.add_adapter("partial", BottleneckConfig(reduction_factor=4, target_modules=["layer.0.output.dense"]))
+    model.set_adapter("partial")
+    randomize_trainable(model, seed=7)
+    names = (*NAMES, "partial")
+    composition = Scale(*names, dropout=0.0)
+    model.set_adapter(composition)
+    layers = {path: layer for path, layer in model.adapter_layers()}
+    full, half = layers["bert.encoder.layer.0.output.dense"], layers["bert.encoder.layer.1.output.dense"]
+    assert composition.present(half) == list(NAMES)
+    omega = torch.tensor([[0.5], [-1.0], [2.0], [3.0]])
+    set_weights(model, composition, omega)
+    x = torch.randn(2, 5, 48)
+    for layer, rows in ((full, [0, 1, 2, 3]), (half, [0, 1, 2])):
+        h = layer.base(x)
+        expected = h + sum(omega[row, 0] * (layer.apply_adapters([names[row]], x) - h) for row in rows)
+        assert (layer(x) - expected).abs().max() <= 1e-5
+
+
+def test_one_adapter_alone_is_scaled_too():
+    model = sources()
+    model.add_adapter("partial", BottleneckConfig(reduction_factor=4, target_modules=["layer.0.output.dense"]))
+    randomize_trainable(model, seed=7)
+    composition = Scale("sst2", "partial", dropout=0.0)
+    model.set_adapter(composition)
+    layer = dict(model.adapter_layers())["bert.encoder.layer.1.output.dense"]  # holds sst2 only
+    set_weights(model, composition, torch.tensor([[0.25], [4.0]]))
+    x = torch.randn(2, 5, 48)
+    h = layer.base(x)
+    assert (layer(x) - (h + 0.25 * (layer.apply_adapters(["sst2"], x) - h))).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("composition", [Scale(*NAMES, modules_to_save=["classifier"]),
+                                         Fuse(*NAMES, modules_to_save=["classifier"])])
+def test_modules_to_save_train_with_the_composition_and_load_back(composition, tmp_path):
+    model = sources()
+    model.set_adapter(composition)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {"base_model.classifier.weight", "base_model.classifier.bias"} <= trainable
+    assert all(".fusion." in n or ".classifier." in n for n in trainable)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    head_before = model.base_model.classifier.weight.detach().clone()
+    batch = {**tiny_batch(4), "labels": torch.tensor([0, 1, 2, 1])}
+    for _ in range(3):
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert (model.base_model.classifier.weight - head_before).abs().max() > 0.01
+    model.eval()
+    expected = logits(model)
+    model.save_pretrained(tmp_path)
+    fresh = tiny_model("bert")
+    with torch.no_grad():
+        fresh.classifier.weight.normal_()  # a different head: loading must replace it
+    loaded = peftkit.PeftModel.from_pretrained(without_dropout(fresh), tmp_path)
+    assert loaded.active_composition == composition
+    assert (logits(loaded) - expected).abs().max() <= 1e-6
+
+
+def test_modules_to_save_that_match_nothing_are_an_error_and_change_nothing():
+    model = sources()
+    model.set_adapter("sst2")
+    with pytest.raises(peftkit.ConfigError, match="modules_to_save names 'head'"):
+        model.set_adapter(Scale(*NAMES, modules_to_save=["head"]))
+    assert model.active_adapter == "sst2" and all(not layer.fusion for _, layer in model.adapter_layers())

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from peftkit.core.checkpoint import read_adapter_config, read_adapter_weights
+from peftkit.core.peft_model import PeftModel
+from peftkit.core.pretrained import load_sequence_classifier
 from peftkit.recipes.training import TrainOptions
 from peftkit.recipes.transfer import train_source, train_transfer
 
@@ -32,7 +34,7 @@ def test_sources_keep_the_adapter_and_leave_the_head_behind(sources):
     ("scalearn", 2 * 2 * 32), ("scalearn_uniform", 2 * 2), ("scalearn++", 2 * 32), ("scalearn_uniform++", 2),
     ("fuse", 2 * 3 * (32 * 32 + 32)),
 ])
-def test_transfer_trains_only_the_composition_and_the_head(method, parameters, sources, model_dir, data):
+def test_transfer_trains_only_the_composition_and_the_head(method, parameters, sources, model_dir, data, tmp_path):
     options = TrainOptions(model=str(model_dir), train=str(data / "train.csv"), eval=str(data / "dev.jsonl"),
                            epochs=3, batch_size=16)
     result = train_transfer(options, sources, method)
@@ -47,6 +49,16 @@ def test_transfer_trains_only_the_composition_and_the_head(method, parameters, s
         saved, _ = read_adapter_weights(folder)
         live = model._adapter_tensors(name)
         assert all(torch.equal(live[key].detach(), tensor) for key, tensor in saved.items())
+    # the saved folder holds the sources, the composition and the trained head: a fresh model gives the same logits
+    model.eval()
+    batch = {"input_ids": torch.tensor([[2, 7, 9, 11, 3]]), "attention_mask": torch.ones(1, 5, dtype=torch.long)}
+    with torch.no_grad():
+        expected = model(**batch).logits
+    model.save_pretrained(tmp_path)
+    _, fresh = load_sequence_classifier(model_dir, ["negative", "positive"])
+    loaded = PeftModel.from_pretrained(fresh, tmp_path)
+    with torch.no_grad():
+        assert (loaded(**batch).logits - expected).abs().max() <= 1e-6
 
 
 def test_unknown_method_and_single_source_are_errors(sources, model_dir, data):
