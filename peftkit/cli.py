@@ -77,8 +77,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         from peftkit.recipes.classification import train_classifier
 
         result = train_classifier(options)
+    elif options.task == "token-classification":
+        from peftkit.recipes.tagging import train_tagger
+
+        if options.init_prompt or options.teacher or options.density_loss:
+            raise ConfigError("--init-prompt, --teacher and --density-loss apply to classification only")
+        result, _ = train_tagger(options)
     else:
-        raise ConfigError(f"task must be classification or causal-lm, got {options.task!r}")
+        raise ConfigError(f"task must be classification, token-classification or causal-lm, got {options.task!r}")
     _print_summary(options, result)
     return 0
 
@@ -98,6 +104,9 @@ def _print_summary(options, result) -> None:
     split = "dev" if not options.train else "eval"
     if result.accuracy is not None:
         print(f"  {split} accuracy:  {result.accuracy:.4f} ({result.correct}/{result.eval_examples})")
+    if result.metric is not None:
+        name, value, detail = result.metric
+        print(f"  {split} {name}:  {value:.4f} ({detail})")
     if result.eval_loss is not None:
         print(f"  {split} loss:      {result.eval_loss:.4f} (mean per answer token)")
     if result.density is not None:
@@ -212,8 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="fine-tune an adapter (text classification or causal LM)",
                                 description="With no arguments: LoRA on the bundled all-MiniLM-L6-v2, SST-2. With "
                                             "--task causal-lm: SmolLM2-135M-Instruct, SST-2 as a chat instruction.")
-    train.add_argument("--task", choices=["classification", "causal-lm"],
-                       help="classification (default): text (pair) -> label; causal-lm: prompt/completion or "
+    train.add_argument("--task", choices=["classification", "token-classification", "causal-lm"],
+                       help="classification (default): text (pair) -> label; token-classification: rows of "
+                            "words and IOB2 tags, scored by entity F1; causal-lm: prompt/completion or "
                             "chat 'messages' rows, loss on the completion / assistant turns")
     train.add_argument("--train", help="training file (CSV, TSV, JSONL); default: bundled SST-2")
     train.add_argument("--eval", help="evaluation file; default: SST-2 dev, or 10%% held out of --train")

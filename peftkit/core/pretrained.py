@@ -38,7 +38,20 @@ def resolve_model_dir(name_or_path: str | Path | None) -> Path:
 
 def load_sequence_classifier(model_dir: Path, label_names: list[str]):
     """Tokenizer and a sequence-classification model with a fresh head for ``label_names``."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
+
+    return load_with_head(model_dir, label_names, AutoModelForSequenceClassification)
+
+
+def load_token_classifier(model_dir: Path, label_names: list[str]):
+    """Tokenizer and a token-classification (tagging) model with a fresh head for ``label_names``."""
+    from transformers import AutoModelForTokenClassification
+
+    return load_with_head(model_dir, label_names, AutoModelForTokenClassification)
+
+
+def load_with_head(model_dir: Path, label_names: list[str], auto_class):
+    from transformers import AutoTokenizer
     from transformers.utils import logging
 
     verbosity = logging.get_verbosity()
@@ -46,7 +59,7 @@ def load_sequence_classifier(model_dir: Path, label_names: list[str]):
     logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model = auto_class.from_pretrained(
             model_dir,
             num_labels=len(label_names),
             id2label=dict(enumerate(label_names)),

@@ -90,6 +90,7 @@ class TrainResult:
     eval_loss: float | None = None
     steps: int = 0
     density: tuple[float, float] | None = None  # DEFT: feed-forward activation density before, after
+    metric: tuple[str, float, str] | None = None  # another score: (name, value, detail), e.g. entity F1
 
 
 class ProgressBar(TrainerCallback):

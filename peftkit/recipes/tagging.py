@@ -1,0 +1,112 @@
+"""Token tagging with a PEFT adapter (named entities, BIO keyphrases), on transformers' ``Trainer``.
+
+The adapter (any registered method, or "full") and a fresh token-classification head train; scored by
+entity-level F1 (``tasks/tagging.py``) on the evaluation file (or a held-out share of the training
+file); saved in peft's format next to ``peftkit_task.json`` (the tags and columns).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import DataCollatorForTokenClassification
+
+from peftkit.bench.memory import peak_rss_mib
+from peftkit.core.checkpoint import write_json
+from peftkit.core.errors import ConfigError
+from peftkit.core.pretrained import load_token_classifier, resolve_model_dir
+from peftkit.recipes.training import (LEARNING_RATES, TASK_FILE, TrainOptions, TrainResult, autocast,
+                                      parameter_counts, recipe_config, run_trainer, split_rows, with_method)
+from peftkit.tasks.classification import LabelSet
+from peftkit.tasks.data import read_rows
+from peftkit.tasks.tagging import (EntityScores, TaggedExamples, entity_scores, find_tag_columns, load_tagged,
+                                   tokenize_tagged)
+
+TASK = "token-classification"
+
+
+@dataclass
+class TaggingData:
+    columns: tuple[str, str]
+    tags: LabelSet
+    train: TaggedExamples
+    eval: TaggedExamples
+
+
+def load_tagging_data(options: TrainOptions) -> TaggingData:
+    if not options.train:
+        raise ConfigError("token classification needs --train FILE (rows of words and their tags)")
+    train_rows = read_rows(options.train)
+    columns = find_tag_columns(train_rows, options.train, options.text_column, options.label_column)
+    if options.eval:
+        eval_path, eval_rows = options.eval, read_rows(options.eval)
+    else:
+        train_rows, eval_rows = split_rows(train_rows, options.eval_fraction, options.seed)
+        eval_path = options.train
+    train, tags = load_tagged(options.train, columns, rows=train_rows)
+    evaluation, _ = load_tagged(eval_path, columns, tags, rows=eval_rows)
+    return TaggingData(columns, tags, train, evaluation)
+
+
+def without_word_ids(examples: list[dict]) -> list[dict]:
+    return [{k: v for k, v in example.items() if k != "word_ids"} for example in examples]
+
+
+@torch.no_grad()
+def predict_tags(model, tokenizer, encoded: list[dict], words: list[list[str]], names: list[str],
+                 batch_size: int = 64) -> list[list[str]]:
+    """Each word's predicted tag (from its first sub-word; words cut by truncation get "O")."""
+    was_training = model.training
+    model.eval()
+    collate = DataCollatorForTokenClassification(tokenizer)
+    device = next(model.parameters()).device
+    predicted = []
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in collate(without_word_ids(chunk)).items() if k != "labels"}
+        best = model(**batch).logits.argmax(-1).tolist()
+        for offset, example in enumerate(chunk):
+            tags = ["O"] * len(words[start + offset])
+            for position, word in enumerate(example["word_ids"]):
+                if word >= 0:
+                    tags[word] = names[best[offset][position]]
+            predicted.append(tags)
+    model.train(was_training)
+    return predicted
+
+
+def train_tagger(options: TrainOptions) -> tuple[TrainResult, EntityScores]:
+    """Train ``options.method`` for token tagging and score it (see the module docstring)."""
+    started = time.perf_counter()
+    torch.manual_seed(options.seed)
+    model_dir = resolve_model_dir(options.model)
+    data = load_tagging_data(options)
+    config = recipe_config(options, "TOKEN_CLS", model_dir, data.tags.names)
+    tokenizer, model = load_token_classifier(model_dir, data.tags.names)
+    peft_model, quantization = with_method(model, options.method, config)
+    trainable, total = parameter_counts(peft_model)
+    train = tokenize_tagged(tokenizer, data.train, options.max_length)
+    evaluation = tokenize_tagged(tokenizer, data.eval, options.max_length)
+    progress, train_seconds = run_trainer(peft_model, without_word_ids(train),
+                                          DataCollatorForTokenClassification(tokenizer), options,
+                                          options.lr or LEARNING_RATES.get(options.method, 1e-3))
+    with autocast(options):
+        predicted = predict_tags(peft_model, tokenizer, evaluation, data.eval.words, data.tags.names)
+    scores = entity_scores([[data.tags.names[t] for t in row] for row in data.eval.tags], predicted)
+    output = Path(options.output)
+    peft_model.save_pretrained(output)
+    write_json(output / TASK_FILE, {"task": TASK, "labels": data.tags.names, "text_column": data.columns[0],
+                                    "label_column": data.columns[1], "max_length": options.max_length,
+                                    "base_quantization": quantization})
+    result = TrainResult(
+        method=options.method, model_dir=model_dir, train_examples=len(train), eval_examples=len(evaluation),
+        labels=data.tags.names, trainable_parameters=trainable, total_parameters=total, accuracy=None,
+        correct=scores.correct, train_seconds=train_seconds, wall_seconds=time.perf_counter() - started,
+        peak_memory_mib=peak_rss_mib(), output=output, losses=progress.losses, step_seconds=progress.step_seconds,
+        steps=len(progress.step_seconds), metric=("entity F1", scores.f1,
+                                                  f"P {scores.precision:.4f}, R {scores.recall:.4f}; "
+                                                  f"{scores.correct}/{scores.gold} gold entities found"))
+    return result, scores

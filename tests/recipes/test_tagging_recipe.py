@@ -1,0 +1,65 @@
+"""The token-tagging recipe on the tiny BERT folder: it learns a tagging rule, saves, and the CLI runs it."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from peftkit.cli import main
+from peftkit.core.checkpoint import read_json
+from peftkit.recipes.tagging import train_tagger
+from peftkit.recipes.training import TrainOptions
+
+RULE = {"movie": "B-THING", "film": "B-THING", "plot": "B-PART"}  # "very <adjective>": B-QUALITY I-QUALITY
+
+
+def tagged(sentences: int, seed: int) -> list[dict]:
+    generator = random.Random(seed)
+    rows = []
+    for _ in range(sentences):
+        words, tags = [], []
+        for _ in range(generator.randint(3, 6)):
+            if generator.random() < 0.3:
+                words += ["very", generator.choice(["good", "bad", "fine", "awful"])]
+                tags += ["B-QUALITY", "I-QUALITY"]
+            else:
+                word = generator.choice(["movie", "film", "plot", "the", "a", "was", "great", "poor"])
+                words.append(word)
+                tags.append(RULE.get(word, "O"))
+        rows.append({"tokens": words, "tags": tags})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def ner_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ner")
+    for name, count, seed in (("train.jsonl", 160, 0), ("dev.jsonl", 40, 1)):
+        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in tagged(count, seed)))
+    return folder
+
+
+def test_the_recipe_learns_the_tags_and_saves_them(model_dir, ner_files, tmp_path):
+    options = TrainOptions(task="token-classification", model=str(model_dir), train=str(ner_files / "train.jsonl"),
+                           eval=str(ner_files / "dev.jsonl"), epochs=8, batch_size=16, lr=5e-3,
+                           output=str(tmp_path / "tagger"))
+    result, scores = train_tagger(options)
+    assert scores.gold > 60 and scores.f1 >= 0.9
+    assert result.metric[0] == "entity F1" and result.metric[1] == scores.f1
+    assert result.losses[-1] < 0.5 * result.losses[0]
+    task = read_json(tmp_path / "tagger" / "peftkit_task.json")
+    assert task["task"] == "token-classification"
+    assert task["labels"] == ["B-PART", "B-QUALITY", "B-THING", "I-QUALITY", "O"]
+
+
+def test_the_cli_trains_a_tagger_and_reports_entity_f1(model_dir, ner_files, tmp_path, capsys):
+    code = main(["train", "--task", "token-classification", "--model", str(model_dir), "--train",
+                 str(ner_files / "train.jsonl"), "--epochs", "1", "--output", str(tmp_path / "out")])
+    assert code == 0
+    assert "eval entity F1:" in capsys.readouterr().out
+
+
+def test_the_cli_names_a_missing_training_file(model_dir, capsys):
+    assert main(["train", "--task", "token-classification", "--model", str(model_dir)]) == 2
+    assert "token classification needs --train FILE" in capsys.readouterr().err
