@@ -1,4 +1,4 @@
-"""The ``peftkit`` command: train, eval, generate, plan, info, merge.
+"""The ``peftkit`` command: train, eval, generate, plan, info, merge, vocab-reduce.
 
 Bad input (a missing file or column, a config value, a model folder that isn't there) ends with a
 one-line ``peftkit: error: …`` and exit code 2, never a traceback.
@@ -66,7 +66,9 @@ def _train_options(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     options = _train_options(args)
-    if options.task == "causal-lm":
+    if options.recipe is not None:
+        result = _run_recipe(options)
+    elif options.task == "causal-lm":
         from peftkit.recipes.causal_lm import train_causal_lm
 
         if options.init_prompt or options.teacher:
@@ -89,16 +91,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_recipe(options):
+    if options.recipe in ("mlm", "self-evolution"):
+        from peftkit.recipes.masked_lm import train_masked_lm
+
+        return train_masked_lm(options, objective=options.recipe)
+    raise ConfigError(f"unknown recipe {options.recipe!r}; peftkit has mlm, self-evolution")
+
+
 def _print_summary(options, result) -> None:
     from peftkit.core.pretrained import display_name
 
     model_name = display_name(result.model_dir)
     data_name = options.train or ("SST-2 as a chat instruction (bundled)" if options.task == "causal-lm"
                                   else "SST-2 (bundled)")
+    what = f"{options.recipe} recipe, " if options.recipe else ""
     share = 100 * result.trainable_parameters / result.total_parameters
     minutes, seconds = divmod(result.wall_seconds, 60)
     answers = f", {len(result.labels)} labels" if result.labels else ""
-    print(f"\npeftkit train: {result.method} on {model_name}, {data_name}: {result.train_examples:,} training / "
+    print(f"\npeftkit train: {what}{result.method} on {model_name}, {data_name}: {result.train_examples:,} training / "
           f"{result.eval_examples:,} evaluation examples{answers}")
     print(f"  trainable parameters: {result.trainable_parameters:,} of {result.total_parameters:,} ({share:.2f}%)")
     split = "dev" if not options.train else "eval"
@@ -117,7 +128,10 @@ def _print_summary(options, result) -> None:
     print(f"  wall time:            {int(minutes)}m {seconds:04.1f}s (training {result.train_seconds:.1f}s, "
           f"{result.steps} steps)")
     print(f"  peak memory:          {result.peak_memory_mib:,.0f} MiB")
-    print(f"  adapter saved to:     {result.output}/ ({_format_note(options.method)})")
+    if options.recipe in ("mlm", "self-evolution"):
+        print(f"  model saved to:       {result.output}/ (a transformers model folder: fine-tune it with --model)")
+    else:
+        print(f"  adapter saved to:     {result.output}/ ({_format_note(options.method)})")
 
 
 def _format_note(method: str) -> str:
@@ -206,6 +220,27 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_vocab_reduce(args: argparse.Namespace) -> int:
+    from peftkit.core.pretrained import display_name, load_masked_lm, resolve_model_dir
+    from peftkit.recipes.masked_lm import read_passages
+    from peftkit.recipes.vocabulary import reduce_vocabulary, save_reduced
+
+    if not args.corpus and not args.scripts:
+        raise ConfigError("vocab-reduce needs --corpus FILE or --scripts NAMES (e.g. latin)")
+    texts = [t for path in args.corpus or [] for t in read_passages(path, args.text_column)] or None
+    model_dir = resolve_model_dir(args.model)
+    tokenizer, model = load_masked_lm(model_dir)
+    total = sum(p.numel() for p in model.parameters())
+    scripts = args.scripts.split(",") if args.scripts else None
+    model, reduced, report = reduce_vocabulary(model, tokenizer, texts=texts, scripts=scripts)
+    save_reduced(model, reduced, args.output)
+    print(f"peftkit vocab-reduce: {display_name(model_dir)}: vocabulary {report['vocabulary_before']:,} -> "
+          f"{report['vocabulary_after']:,} tokens; parameters {total:,} -> {total - report['parameters_removed']:,} "
+          f"(-{report['parameters_removed']:,}, {100 * report['parameters_removed'] / total:.1f}%)")
+    print(f"  model saved to: {args.output}/ (a transformers model folder with its reduced tokenizer)")
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from peftkit.recipes.causal_lm import generate_text, load_adapter_for_generation
 
@@ -225,7 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="classification (default): text (pair) -> label; token-classification: rows of "
                             "words and IOB2 tags, scored by entity F1; causal-lm: prompt/completion or "
                             "chat 'messages' rows, loss on the completion / assistant turns")
-    train.add_argument("--train", help="training file (CSV, TSV, JSONL); default: bundled SST-2")
+    train.add_argument("--recipe", help="a training procedure: mlm (adaptive masked-LM training on raw text, "
+                                        "--train FILE.txt), self-evolution (the same with self-evolution masking); "
+                                        "writes a model folder")
+    train.add_argument("--train", help="training file (CSV, TSV, JSONL; .txt for mlm); default: bundled SST-2")
     train.add_argument("--eval", help="evaluation file; default: SST-2 dev, or 10%% held out of --train")
     train.add_argument("--model", help="local transformers model folder; default: bundled all-MiniLM-L6-v2")
     train.add_argument("--method", help="PEFT method: lora (default), qlora, adapter, meft, ia3, bitfit, ln, "
@@ -281,6 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="describe an adapter folder")
     info.add_argument("adapter")
     info.set_defaults(run=cmd_info)
+
+    vocab = commands.add_parser("vocab-reduce", help="keep the tokens a corpus or scripts need; save a smaller model",
+                                description="Vocabulary reduction (MAFT / Load What You Need): text the corpus "
+                                            "covers gives the same tokens and hidden states in the smaller model.")
+    vocab.add_argument("--model", help="masked-LM model folder (default: bundled all-MiniLM-L6-v2)")
+    vocab.add_argument("--corpus", action="append", help="text file(s) whose tokens to keep (.txt, one passage a "
+                                                         "line; or CSV / JSONL with --text-column)")
+    vocab.add_argument("--text-column")
+    vocab.add_argument("--scripts", help="keep every token written in these Unicode scripts, e.g. latin,arabic")
+    vocab.add_argument("--output", required=True)
+    vocab.set_defaults(run=cmd_vocab_reduce)
 
     merge = commands.add_parser("merge", help="fold an adapter into its base model and save it")
     merge.add_argument("--adapter", required=True)

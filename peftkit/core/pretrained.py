@@ -50,7 +50,17 @@ def load_token_classifier(model_dir: Path, label_names: list[str]):
     return load_with_head(model_dir, label_names, AutoModelForTokenClassification)
 
 
-def load_with_head(model_dir: Path, label_names: list[str], auto_class):
+def load_masked_lm(model_dir: Path):
+    """Tokenizer and masked-LM model; a missing head (a sentence-embedding folder's) is freshly initialised."""
+    from transformers import AutoModelForMaskedLM
+
+    tokenizer, model = load_with_head(model_dir, None, AutoModelForMaskedLM)
+    if tokenizer.mask_token is None:
+        raise PeftkitError(f"the tokenizer of '{model_dir}' has no mask token: not a masked-LM model")
+    return tokenizer, model
+
+
+def load_with_head(model_dir: Path, label_names: list[str] | None, auto_class):
     from transformers import AutoTokenizer
     from transformers.utils import logging
 
@@ -59,13 +69,12 @@ def load_with_head(model_dir: Path, label_names: list[str], auto_class):
     logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = auto_class.from_pretrained(
-            model_dir,
-            num_labels=len(label_names),
-            id2label=dict(enumerate(label_names)),
-            label2id={name: i for i, name in enumerate(label_names)},
-            ignore_mismatched_sizes=True,  # a saved head for other labels gives way to a fresh one
-        )
+        labels = {} if label_names is None else {
+            "num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
+            "label2id": {name: i for i, name in enumerate(label_names)},
+            "ignore_mismatched_sizes": True,  # a saved head for other labels gives way to a fresh one
+        }
+        model = auto_class.from_pretrained(model_dir, **labels)
     except (OSError, ValueError) as exc:
         raise PeftkitError(f"cannot load a model from '{model_dir}': {str(exc).splitlines()[0]}") from None
     finally:

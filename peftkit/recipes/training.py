@@ -46,7 +46,8 @@ TASK_FILE = "peftkit_task.json"
 
 @dataclass
 class TrainOptions:
-    task: str = "classification"  # or "causal-lm"
+    task: str = "classification"  # or "token-classification", "causal-lm"
+    recipe: str | None = None  # a training procedure instead of plain fine-tuning: "mlm", "self-evolution"
     train: str | None = None
     eval: str | None = None
     model: str | None = None
