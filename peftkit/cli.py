@@ -84,7 +84,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         if options.init_prompt or options.teacher or options.density_loss:
             raise ConfigError("--init-prompt, --teacher and --density-loss apply to classification only")
-        result, _ = train_tagger(options)
+        result = train_tagger(options).result
     else:
         raise ConfigError(f"task must be classification, token-classification or causal-lm, got {options.task!r}")
     _print_summary(options, result)
@@ -96,7 +96,13 @@ def _run_recipe(options):
         from peftkit.recipes.masked_lm import train_masked_lm
 
         return train_masked_lm(options, objective=options.recipe)
-    raise ConfigError(f"unknown recipe {options.recipe!r}; peftkit has mlm, self-evolution")
+    if options.recipe == "keyphrase":
+        from peftkit.recipes.keyphrases import extract_keyphrases, generate_keyphrases
+
+        if options.task == "causal-lm":
+            return generate_keyphrases(options).result
+        return extract_keyphrases(options).result
+    raise ConfigError(f"unknown recipe {options.recipe!r}; peftkit has mlm, self-evolution, keyphrase")
 
 
 def _print_summary(options, result) -> None:
@@ -261,8 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "words and IOB2 tags, scored by entity F1; causal-lm: prompt/completion or "
                             "chat 'messages' rows, loss on the completion / assistant turns")
     train.add_argument("--recipe", help="a training procedure: mlm (adaptive masked-LM training on raw text, "
-                                        "--train FILE.txt), self-evolution (the same with self-evolution masking); "
-                                        "writes a model folder")
+                                        "--train FILE.txt), self-evolution (the same with self-evolution masking): "
+                                        "both write a model folder; keyphrase (rows of title / abstract and "
+                                        "keyphrases: BIO extraction, or generation with --task causal-lm)")
     train.add_argument("--train", help="training file (CSV, TSV, JSONL; .txt for mlm); default: bundled SST-2")
     train.add_argument("--eval", help="evaluation file; default: SST-2 dev, or 10%% held out of --train")
     train.add_argument("--model", help="local transformers model folder; default: bundled all-MiniLM-L6-v2")

@@ -25,6 +25,7 @@ from peftkit.core.checkpoint import write_json
 from peftkit.core.peft_model import PeftModel
 from peftkit.core.pretrained import load_causal_lm, resolve_causal_lm_dir
 from peftkit.recipes.training import (
+    FULL_FINE_TUNING,
     LEARNING_RATES,
     ObjectiveTrainer,
     TASK_FILE,
@@ -176,6 +177,8 @@ def train_causal_lm(options: TrainOptions) -> TrainResult:
         eval_loss, correct, candidates = score_answers(peft_model, tokenizer, eval_examples, options.max_length)
     output = Path(options.output)
     peft_model.save_pretrained(output)
+    if options.method == FULL_FINE_TUNING:
+        tokenizer.save_pretrained(output)  # a whole model folder
     write_json(output / TASK_FILE, {"task": "causal-lm", "max_length": options.max_length,
                                     "base_quantization": quantization})
     return TrainResult(

@@ -78,7 +78,15 @@ def predict_tags(model, tokenizer, encoded: list[dict], words: list[list[str]], 
     return predicted
 
 
-def train_tagger(options: TrainOptions) -> tuple[TrainResult, EntityScores]:
+@dataclass
+class TaggerRun:
+    result: TrainResult
+    scores: EntityScores
+    words: list[list[str]]  # the evaluation rows' words
+    predicted: list[list[str]]  # and their predicted tags
+
+
+def train_tagger(options: TrainOptions) -> TaggerRun:
     """Train ``options.method`` for token tagging and score it (see the module docstring)."""
     started = time.perf_counter()
     torch.manual_seed(options.seed)
@@ -109,4 +117,4 @@ def train_tagger(options: TrainOptions) -> tuple[TrainResult, EntityScores]:
         steps=len(progress.step_seconds), metric=("entity F1", scores.f1,
                                                   f"P {scores.precision:.4f}, R {scores.recall:.4f}; "
                                                   f"{scores.correct}/{scores.gold} gold entities found"))
-    return result, scores
+    return TaggerRun(result, scores, data.eval.words, predicted)

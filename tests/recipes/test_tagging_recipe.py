@@ -44,7 +44,8 @@ def test_the_recipe_learns_the_tags_and_saves_them(model_dir, ner_files, tmp_pat
     options = TrainOptions(task="token-classification", model=str(model_dir), train=str(ner_files / "train.jsonl"),
                            eval=str(ner_files / "dev.jsonl"), epochs=8, batch_size=16, lr=5e-3,
                            output=str(tmp_path / "tagger"))
-    result, scores = train_tagger(options)
+    run = train_tagger(options)
+    result, scores = run.result, run.scores
     assert scores.gold > 60 and scores.f1 >= 0.9
     assert result.metric[0] == "entity F1" and result.metric[1] == scores.f1
     assert result.losses[-1] < 0.5 * result.losses[0]
