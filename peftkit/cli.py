@@ -96,13 +96,38 @@ def _run_recipe(options):
         from peftkit.recipes.masked_lm import train_masked_lm
 
         return train_masked_lm(options, objective=options.recipe)
+    if options.recipe == "pet":
+        from peftkit.recipes.pet import train_pet
+
+        return train_pet(options, pet_pattern(options))
     if options.recipe == "keyphrase":
         from peftkit.recipes.keyphrases import extract_keyphrases, generate_keyphrases
 
         if options.task == "causal-lm":
             return generate_keyphrases(options).result
         return extract_keyphrases(options).result
-    raise ConfigError(f"unknown recipe {options.recipe!r}; peftkit has mlm, self-evolution, keyphrase")
+    raise ConfigError(f"unknown recipe {options.recipe!r}; peftkit has pet, mlm, self-evolution, keyphrase")
+
+
+def pet_pattern(options):
+    """The PET pattern of ``--pattern`` / ``--verbalizer`` (YAML or JSON: {label: word or [words]})."""
+    from peftkit.recipes.pet import Pattern
+
+    verbalizer = options.verbalizer
+    if isinstance(verbalizer, str):
+        try:
+            verbalizer = yaml.safe_load(verbalizer)
+        except yaml.YAMLError:
+            raise ConfigError(f"--verbalizer {options.verbalizer!r} is not YAML / JSON") from None
+    if verbalizer is not None and not isinstance(verbalizer, dict):
+        raise ConfigError(f"--verbalizer must map labels to words, e.g. '{{positive: great, negative: bad}}'")
+    if verbalizer is None:
+        from peftkit.recipes.classification import load_task_data
+
+        verbalizer = {name: [name] for name in load_task_data(options).labels.names}
+    words = {str(label): [str(w) for w in (value if isinstance(value, list) else [value])]
+             for label, value in verbalizer.items()}
+    return Pattern(options.pattern or Pattern.template, words)
 
 
 def _print_summary(options, result) -> None:
@@ -266,10 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="classification (default): text (pair) -> label; token-classification: rows of "
                             "words and IOB2 tags, scored by entity F1; causal-lm: prompt/completion or "
                             "chat 'messages' rows, loss on the completion / assistant turns")
-    train.add_argument("--recipe", help="a training procedure: mlm (adaptive masked-LM training on raw text, "
+    train.add_argument("--recipe", help="a training procedure: pet (cloze patterns and verbalizers with a masked "
+                                        "LM's head, or a causal LM's next token, with --task causal-lm); mlm (adaptive masked-LM training on raw text, "
                                         "--train FILE.txt), self-evolution (the same with self-evolution masking): "
                                         "both write a model folder; keyphrase (rows of title / abstract and "
                                         "keyphrases: BIO extraction, or generation with --task causal-lm)")
+    train.add_argument("--pattern", help="pet: the cloze, e.g. '{text} It was {mask}.' (the default)")
+    train.add_argument("--verbalizer", help="pet: label -> word(s), e.g. '{positive: [great, good], negative: bad}' "
+                                            "(default: each label's name)")
     train.add_argument("--train", help="training file (CSV, TSV, JSONL; .txt for mlm); default: bundled SST-2")
     train.add_argument("--eval", help="evaluation file; default: SST-2 dev, or 10%% held out of --train")
     train.add_argument("--model", help="local transformers model folder; default: bundled all-MiniLM-L6-v2")

@@ -50,14 +50,34 @@ def load_token_classifier(model_dir: Path, label_names: list[str]):
     return load_with_head(model_dir, label_names, AutoModelForTokenClassification)
 
 
-def load_masked_lm(model_dir: Path):
-    """Tokenizer and masked-LM model; a missing head (a sentence-embedding folder's) is freshly initialised."""
+def load_masked_lm(model_dir: Path, require_head: bool = False):
+    """Tokenizer and masked-LM model. A head missing from the folder (a sentence-embedding model's) is
+    freshly initialised, or with ``require_head`` an error that says how to train one."""
     from transformers import AutoModelForMaskedLM
 
     tokenizer, model = load_with_head(model_dir, None, AutoModelForMaskedLM)
     if tokenizer.mask_token is None:
         raise PeftkitError(f"the tokenizer of '{model_dir}' has no mask token: not a masked-LM model")
+    if require_head and not head_saved(model_dir, model):
+        raise PeftkitError(f"'{model_dir}' has no trained masked-LM head; train one on unlabelled text first: "
+                           f"peftkit train --recipe mlm --train TEXT --model {model_dir} --output DIR")
     return tokenizer, model
+
+
+def head_saved(model_dir: Path, model) -> bool:
+    """Whether the folder's weights hold the masked-LM head's own layers (beyond the tied embedding)."""
+    from safetensors import safe_open
+
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    saved = set()
+    for file in files:
+        with safe_open(file, "pt") as handle:
+            saved.update(handle.keys())
+    output = model.get_output_embeddings()
+    heads = [name for name, m in model.named_modules() if any(child is output for child in m.children())]
+    own = [f"{head}.{key}" for head in heads for key, p in dict(model.named_modules())[head].named_parameters()
+           if p is not model.get_input_embeddings().weight]
+    return bool(files) and all(key in saved for key in own)
 
 
 def load_with_head(model_dir: Path, label_names: list[str] | None, auto_class):

@@ -69,6 +69,8 @@ class TrainOptions:
     init_prompt: str | None = None  # a saved prompt-learning adapter whose virtual tokens start the new prompt
     teacher: str | None = None  # a saved adapter folder of the same task: distil its logits (objectives/distillation)
     distill_weight: float = 1.0  # β of the distillation term
+    pattern: str | None = None  # PET: a cloze template with {text} (and {text_pair}) and one {mask}
+    verbalizer: dict | None = None  # PET: label -> word or words (default: each label's own name)
 
 
 @dataclass
