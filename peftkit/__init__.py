@@ -14,6 +14,7 @@ from peftkit.methods.bitfit import BitFitConfig
 from peftkit.methods.bottleneck import BottleneckConfig
 from peftkit.methods.ia3 import IA3Config
 from peftkit.methods.increlora import IncreLoraAllocator, IncreLoraConfig
+from peftkit.methods.lite_adapter import LiteAdapterConfig
 from peftkit.methods.ln_tuning import LNTuningConfig
 from peftkit.methods.lora import LoraConfig
 from peftkit.methods.meft import MeftConfig
@@ -43,6 +44,7 @@ __all__ = [
     "IA3Config",
     "IncreLoraAllocator",
     "IncreLoraConfig",
+    "LiteAdapterConfig",
     "LNTuningConfig",
     "LoraConfig",
     "MeftConfig",

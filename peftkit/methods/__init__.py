@@ -7,6 +7,7 @@ from peftkit.methods import (  # noqa: F401  (each registers its method)
     bottleneck,
     ia3,
     increlora,
+    lite_adapter,
     ln_tuning,
     lora,
     meft,
