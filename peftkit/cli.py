@@ -100,13 +100,18 @@ def _run_recipe(options):
         from peftkit.recipes.pet import train_pet
 
         return train_pet(options, pet_pattern(options))
+    if options.recipe == "list":
+        from peftkit.recipes.self_training import train_list
+
+        return train_list(options, pet_pattern(options), shots=options.shots, unlabelled=options.unlabelled,
+                          rounds=options.rounds)
     if options.recipe == "keyphrase":
         from peftkit.recipes.keyphrases import extract_keyphrases, generate_keyphrases
 
         if options.task == "causal-lm":
             return generate_keyphrases(options).result
         return extract_keyphrases(options).result
-    raise ConfigError(f"unknown recipe {options.recipe!r}; peftkit has pet, mlm, self-evolution, keyphrase")
+    raise ConfigError(f"unknown recipe {options.recipe!r}; peftkit has pet, list, mlm, self-evolution, keyphrase")
 
 
 def pet_pattern(options):
@@ -292,13 +297,18 @@ def build_parser() -> argparse.ArgumentParser:
                             "words and IOB2 tags, scored by entity F1; causal-lm: prompt/completion or "
                             "chat 'messages' rows, loss on the completion / assistant turns")
     train.add_argument("--recipe", help="a training procedure: pet (cloze patterns and verbalizers with a masked "
-                                        "LM's head, or a causal LM's next token, with --task causal-lm); mlm (adaptive masked-LM training on raw text, "
+                                        "LM's head, or a causal LM's next token, with --task causal-lm); list (LiST: few-shot "
+                                        "self-training with lite adapters and meta re-weighting); mlm (adaptive masked-LM training on raw text, "
                                         "--train FILE.txt), self-evolution (the same with self-evolution masking): "
                                         "both write a model folder; keyphrase (rows of title / abstract and "
                                         "keyphrases: BIO extraction, or generation with --task causal-lm)")
     train.add_argument("--pattern", help="pet: the cloze, e.g. '{text} It was {mask}.' (the default)")
     train.add_argument("--verbalizer", help="pet: label -> word(s), e.g. '{positive: [great, good], negative: bad}' "
                                             "(default: each label's name)")
+    train.add_argument("--shots", type=int, help="list: labelled examples per class taken from --train (default 16)")
+    train.add_argument("--unlabelled", type=int, help="list: how many other training texts serve as unlabelled "
+                                                      "data (default 1000)")
+    train.add_argument("--rounds", type=int, help="list: self-training rounds (default 2)")
     train.add_argument("--train", help="training file (CSV, TSV, JSONL; .txt for mlm); default: bundled SST-2")
     train.add_argument("--eval", help="evaluation file; default: SST-2 dev, or 10%% held out of --train")
     train.add_argument("--model", help="local transformers model folder; default: bundled all-MiniLM-L6-v2")

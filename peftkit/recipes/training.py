@@ -71,6 +71,9 @@ class TrainOptions:
     distill_weight: float = 1.0  # β of the distillation term
     pattern: str | None = None  # PET: a cloze template with {text} (and {text_pair}) and one {mask}
     verbalizer: dict | None = None  # PET: label -> word or words (default: each label's own name)
+    shots: int = 16  # LiST: labelled examples per class
+    unlabelled: int | None = 1000  # LiST: unlabelled texts (None: all the others)
+    rounds: int = 2  # LiST: self-training rounds
 
 
 @dataclass
