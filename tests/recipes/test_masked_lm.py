@@ -72,5 +72,5 @@ def test_cli_recipe_and_vocab_reduce(model_dir, corpus, tmp_path, capsys):
     assert AutoModelForMaskedLM.from_pretrained(tmp_path / "small").config.vocab_size == kept
     assert main(["vocab-reduce", "--model", str(model_dir), "--output", str(tmp_path / "x")]) == 2
     assert "needs --corpus FILE or --scripts" in capsys.readouterr().err
-    assert main(["train", "--recipe", "pet", "--model", str(model_dir)]) == 2
-    assert "unknown recipe 'pet'" in capsys.readouterr().err
+    assert main(["train", "--recipe", "mix", "--model", str(model_dir)]) == 2
+    assert "unknown recipe 'mix'" in capsys.readouterr().err
