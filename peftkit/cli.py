@@ -125,7 +125,7 @@ def pet_pattern(options):
         except yaml.YAMLError:
             raise ConfigError(f"--verbalizer {options.verbalizer!r} is not YAML / JSON") from None
     if verbalizer is not None and not isinstance(verbalizer, dict):
-        raise ConfigError(f"--verbalizer must map labels to words, e.g. '{{positive: great, negative: bad}}'")
+        raise ConfigError("--verbalizer must map labels to words, e.g. '{positive: great, negative: bad}'")
     if verbalizer is None:
         from peftkit.recipes.classification import load_task_data
 

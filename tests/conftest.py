@@ -171,3 +171,18 @@ def data(tmp_path_factory):
                                                                      for r in rows[:120]))
     (folder / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[120:]))
     return folder
+
+
+@pytest.fixture(scope="module")
+def mlm_dir(model_dir, tmp_path_factory):
+    """The tiny BERT folder's tokenizer with a masked-LM head saved."""
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    folder = tmp_path_factory.mktemp("tiny-mlm")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=48, max_position_embeddings=32)
+    BertForMaskedLM(config).save_pretrained(folder)
+    return folder

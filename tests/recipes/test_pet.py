@@ -6,26 +6,13 @@ import json
 
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+from transformers import AutoTokenizer
 
 import peftkit
 from peftkit.recipes.pet import ClozeEncoder, Pattern, train_pet
 from peftkit.recipes.training import TrainOptions
 from tests.conftest import tiny_model
 from tests.tasks.test_causal_lm import tiny_tokenizer
-
-
-@pytest.fixture(scope="module")
-def mlm_dir(model_dir, tmp_path_factory):
-    """The tiny BERT folder's tokenizer with a masked-LM head saved."""
-    folder = tmp_path_factory.mktemp("tiny-mlm")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=48, max_position_embeddings=32)
-    BertForMaskedLM(config).save_pretrained(folder)
-    return folder
 
 
 def test_masks_sit_where_the_pattern_puts_them_and_the_text_is_cut_first(mlm_dir):

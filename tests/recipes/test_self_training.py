@@ -10,7 +10,6 @@ import peftkit
 from peftkit.recipes.pet import Pattern
 from peftkit.recipes.self_training import SelfTraining, SelfTrainingSettings, few_shot_split
 from peftkit.tasks.classification import Columns, load_examples
-from tests.recipes.test_pet import mlm_dir  # noqa: F401  (fixture)
 
 
 def test_few_shot_split_takes_k_per_class_and_keeps_the_rest_apart(data):
@@ -24,7 +23,7 @@ def test_few_shot_split_takes_k_per_class_and_keeps_the_rest_apart(data):
         few_shot_split(examples, per_class=100, unlabelled=None, seed=0)
 
 
-def test_self_training_rounds_use_fresh_students_and_learn_the_task(mlm_dir, data):  # noqa: F811
+def test_self_training_rounds_use_fresh_students_and_learn_the_task(mlm_dir, data):
     examples, labels = load_examples(data / "train.csv", Columns(text="review", label="sentiment"))
     evaluation, _ = load_examples(data / "dev.jsonl", Columns(text="review", label="sentiment"), labels)
     labelled, unlabelled = few_shot_split(examples, per_class=4, unlabelled=64, seed=0)
@@ -44,7 +43,7 @@ def test_self_training_rounds_use_fresh_students_and_learn_the_task(mlm_dir, dat
             assert torch.equal(parameter.detach(), frozen[name.replace(".base_layer", "")]), name
 
 
-def test_the_cli_runs_list(mlm_dir, data, tmp_path, capsys):  # noqa: F811
+def test_the_cli_runs_list(mlm_dir, data, tmp_path, capsys):
     from peftkit.cli import main
 
     assert main(["train", "--recipe", "list", "--model", str(mlm_dir), "--train", str(data / "train.csv"),
