@@ -32,3 +32,6 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/apet_sweep.py
 	$(BIN)/python benchmarks/scalearn_transfer.py
 	$(BIN)/python benchmarks/panda_transfer.py
+	$(BIN)/python benchmarks/maft_ner.py
+	$(BIN)/python benchmarks/few_shot_sst2.py
+	$(BIN)/python benchmarks/keyphrases_inspec.py
