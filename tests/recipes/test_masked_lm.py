@@ -74,3 +74,25 @@ def test_cli_recipe_and_vocab_reduce(model_dir, corpus, tmp_path, capsys):
     assert "needs --corpus FILE or --scripts" in capsys.readouterr().err
     assert main(["train", "--recipe", "mix", "--model", str(model_dir)]) == 2
     assert "unknown recipe 'mix'" in capsys.readouterr().err
+
+
+def test_the_head_on_masked_positions_only_gives_the_models_own_loss(model_dir):
+    from transformers import DataCollatorForLanguageModeling
+
+    from peftkit.core.pretrained import load_masked_lm
+    from peftkit.recipes.masked_lm import MaskedOnly, encode_passages
+
+    tokenizer, model = load_masked_lm(model_dir)
+    model.eval()
+    encoded = encode_passages(tokenizer, ["the movie was very good", "a plot", "the film was bad"], 16)
+    batch = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.5, seed=3)(encoded)
+    batch.pop("special_tokens_mask", None)
+    with torch.no_grad():
+        expected = model(**batch).loss
+        masked_only = MaskedOnly(model)
+        ours, outputs = masked_only.loss(model, batch)
+        masked_only.remove()
+        after = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    assert abs(ours.item() - expected.item()) <= 1e-5
+    assert outputs.logits.shape == (int((batch["labels"] != -100).sum()), len(tokenizer))
+    assert after.shape[:2] == batch["input_ids"].shape  # the hook is gone
