@@ -98,7 +98,8 @@ def main() -> None:
             rows[method] = over_seeds(runs)
 
     full, lora = rows.get("full"), rows.get("lora")
-    print(f"SST-2 dev accuracy after {args.epochs:g} epoch(s), all-MiniLM-L6-v2, batch 32, 2 threads, seeds {args.seeds}")
+    print(f"SST-2 dev accuracy after {args.epochs:g} epoch(s), all-MiniLM-L6-v2, batch 32, 2 threads, "
+          f"seeds {args.seeds}")
     print("| method | trainable | % | dev acc | s/step | × full | × LoRA | peak MiB | × full | × LoRA |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for method, row in rows.items():

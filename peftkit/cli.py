@@ -126,12 +126,8 @@ def pet_pattern(options):
             raise ConfigError(f"--verbalizer {options.verbalizer!r} is not YAML / JSON") from None
     if verbalizer is not None and not isinstance(verbalizer, dict):
         raise ConfigError("--verbalizer must map labels to words, e.g. '{positive: great, negative: bad}'")
-    if verbalizer is None:
-        from peftkit.recipes.classification import load_task_data
-
-        verbalizer = {name: [name] for name in load_task_data(options).labels.names}
     words = {str(label): [str(w) for w in (value if isinstance(value, list) else [value])]
-             for label, value in verbalizer.items()}
+             for label, value in (verbalizer or {}).items()}  # empty: each label's own name (Pattern.for_labels)
     return Pattern(options.pattern or Pattern.template, words)
 
 
@@ -296,11 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="classification (default): text (pair) -> label; token-classification: rows of "
                             "words and IOB2 tags, scored by entity F1; causal-lm: prompt/completion or "
                             "chat 'messages' rows, loss on the completion / assistant turns")
-    train.add_argument("--recipe", help="a training procedure: pet (cloze patterns and verbalizers with a masked "
-                                        "LM's head, or a causal LM's next token, with --task causal-lm); list (LiST: few-shot "
-                                        "self-training with lite adapters and meta re-weighting); mlm (adaptive masked-LM training on raw text, "
-                                        "--train FILE.txt), self-evolution (the same with self-evolution masking): "
-                                        "both write a model folder; keyphrase (rows of title / abstract and "
+    train.add_argument("--recipe", help="a training procedure: pet (cloze patterns and verbalizers with a "
+                                        "masked LM's head, or a causal LM's next token with --task causal-lm); "
+                                        "list (LiST: few-shot self-training with lite adapters and meta "
+                                        "re-weighting); mlm (adaptive masked-LM training on raw text, --train "
+                                        "FILE.txt), self-evolution (the same with self-evolution masking): both "
+                                        "write a model folder; keyphrase (rows of title / abstract and "
                                         "keyphrases: BIO extraction, or generation with --task causal-lm)")
     train.add_argument("--pattern", help="pet: the cloze, e.g. '{text} It was {mask}.' (the default)")
     train.add_argument("--verbalizer", help="pet: label -> word(s), e.g. '{positive: [great, good], negative: bad}' "

@@ -64,6 +64,21 @@ def load_masked_lm(model_dir: Path, require_head: bool = False):
     return tokenizer, model
 
 
+def output_heads(model) -> list[tuple[str, object]]:
+    """(name, module) of the modules holding the model's output layer (BERT: ``cls.predictions``)."""
+    output = model.get_output_embeddings()
+    return [(name, module) for name, module in model.named_modules()
+            if any(child is output for child in module.children())]
+
+
+def head_parameters(model) -> dict[str, object]:
+    """The output head's own parameters by full name: those of ``output_heads``, except the tied input
+    embedding (a masked-LM head's transform and output bias)."""
+    tied = model.get_input_embeddings().weight
+    return {f"{name}.{key}": parameter for name, head in output_heads(model)
+            for key, parameter in head.named_parameters() if parameter is not tied}
+
+
 def head_saved(model_dir: Path, model) -> bool:
     """Whether the folder's weights hold the masked-LM head's own layers (beyond the tied embedding)."""
     from safetensors import safe_open
@@ -73,11 +88,7 @@ def head_saved(model_dir: Path, model) -> bool:
     for file in files:
         with safe_open(file, "pt") as handle:
             saved.update(handle.keys())
-    output = model.get_output_embeddings()
-    heads = [name for name, m in model.named_modules() if any(child is output for child in m.children())]
-    own = [f"{head}.{key}" for head in heads for key, p in dict(model.named_modules())[head].named_parameters()
-           if p is not model.get_input_embeddings().weight]
-    return bool(files) and all(key in saved for key in own)
+    return bool(files) and all(key in saved for key in head_parameters(model))
 
 
 def load_with_head(model_dir: Path, label_names: list[str] | None, auto_class):

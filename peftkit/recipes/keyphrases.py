@@ -29,8 +29,8 @@ from peftkit.core.errors import DataError
 from peftkit.recipes.tagging import train_tagger
 from peftkit.recipes.training import FULL_FINE_TUNING, TrainOptions, TrainResult, split_rows
 from peftkit.tasks.data import read_rows
-from peftkit.tasks.keyphrases import (KeyphraseScores, TfidfBaseline, bio_row, contains, corpus_scores, normalise,
-                                      phrases_from_tags, split_present)
+from peftkit.tasks.keyphrases import (KeyphraseScores, TfidfBaseline, bio_row, contains, corpus_scores,
+                                      first_position, normalise, phrases_from_tags, split_present)
 
 GENERATION_PROMPT = "Title and abstract: {text}\nKeyphrases:"
 SEPARATOR = " ; "
@@ -113,8 +113,8 @@ def target_list(document: Document) -> str:
         if not key or key in seen:
             continue
         seen.add(key)
-        positions = [i for i in range(len(stemmed) - len(key) + 1) if stemmed[i:i + len(key)] == key]
-        (present if positions else absent).append((positions[0] if positions else 0, phrase))
+        position = first_position(stemmed, key)
+        (absent if position is None else present).append((position, phrase))
     return SEPARATOR.join([p for _, p in sorted(present, key=lambda item: item[0])] + [p for _, p in absent])
 
 

@@ -6,8 +6,8 @@ to a language or domain by continuing masked-LM training on its raw text. Each p
 
 Objectives: ``mlm`` — BERT's random masking (15 % of tokens; 80 % [MASK], 10 % random, 10 % kept),
 transformers' ``DataCollatorForLanguageModeling``, with the head run on the masked positions only (the
-same loss; about half the step time on MiniLM, ``benchmarks/mlm_head_speed.py``); ``self-evolution`` — the informative tokens and
-rectified smooth labels of ``objectives/self_evolution.py``.
+same loss; about half the step time on MiniLM, ``benchmarks/mlm_head_speed.py``); ``self-evolution`` —
+the informative tokens and rectified smooth labels of ``objectives/self_evolution.py``.
 
 With a PEFT method the adapter trains, and so do the masked-LM head's own layers (its transform and
 output bias; the output matrix is the tied input embedding): a folder's head may be missing (a
@@ -27,7 +27,7 @@ from transformers import DataCollatorForLanguageModeling
 from peftkit.bench.memory import peak_rss_mib
 from peftkit.core.errors import ConfigError, DataError
 from peftkit.core.peft_model import PeftModel
-from peftkit.core.pretrained import load_masked_lm, resolve_model_dir
+from peftkit.core.pretrained import head_parameters, load_masked_lm, output_heads, resolve_model_dir
 from peftkit.objectives.self_evolution import SelfEvolution
 from peftkit.recipes.training import (LEARNING_RATES, ObjectiveTrainer, TrainOptions, TrainResult,
                                       parameter_counts, recipe_config, run_trainer, split_rows, with_method)
@@ -102,9 +102,7 @@ class MaskedOnly:
     cross-entropy over masked tokens that the model computes with ``labels``."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        inner = model.get_base_model() if isinstance(model, PeftModel) else model
-        output = inner.get_output_embeddings()
-        self.head = next(m for m in inner.modules() if any(child is output for child in m.children()))
+        _, self.head = output_heads(model.get_base_model() if isinstance(model, PeftModel) else model)[0]
         self.positions: torch.Tensor | None = None
         self.handle = self.head.register_forward_pre_hook(self._select)
 
@@ -144,20 +142,6 @@ class SelfEvolutionTrainer(ObjectiveTrainer):
         return self.self_evolution.loss(model, inputs)
 
 
-def head_layers(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """The masked-LM head's own parameters: those of the module holding the output layer, except the
-    output matrix itself (the tied input embedding)."""
-    output = model.get_output_embeddings()
-    heads = [m for m in model.modules() if any(child is output for child in m.children())]
-    tied = {id(model.get_input_embeddings().weight)}
-    found = {}
-    for head in heads:
-        for parameter in head.parameters():
-            if id(parameter) not in tied:
-                found[id(parameter)] = parameter
-    return list(found.values())
-
-
 def train_masked_lm(options: TrainOptions, objective: str = "mlm") -> TrainResult:
     """Adaptive masked-LM training (see the module docstring); writes a model folder to ``options.output``."""
     if objective not in OBJECTIVES:
@@ -175,7 +159,7 @@ def train_masked_lm(options: TrainOptions, objective: str = "mlm") -> TrainResul
     tokenizer, model = load_masked_lm(model_dir)
     config = recipe_config(options, None, model_dir, [])
     trained, _ = with_method(model, options.method, config)
-    for parameter in head_layers(model):
+    for parameter in head_parameters(model).values():  # the head's own layers train too
         parameter.requires_grad_(True)
     trainable, total = parameter_counts(trained)
     train, evaluation = (encode_passages(tokenizer, p, options.max_length) for p in (passages, held_out))

@@ -40,6 +40,10 @@ class Pattern:
     template: str = "{text} It was {mask}."
     verbalizer: dict[str, list[str]] = field(default_factory=dict)  # label -> words
 
+    def for_labels(self, labels: list[str]) -> Pattern:
+        """This pattern, with each label's own name as its word when the verbalizer is empty."""
+        return self if self.verbalizer else Pattern(self.template, {label: [label] for label in labels})
+
     def check(self, labels: list[str]) -> None:
         found = FIELDS.findall(self.template)
         if found.count("mask") != 1 or "text" not in found:
@@ -60,7 +64,9 @@ class ClozeEncoder:
             template = template[:template.index("{mask}")]
         self.space_before_mask = template.endswith(" ")
         parts = FIELDS.split(template.rstrip(" ") if causal else template)  # literal, field, literal, …
-        self.pieces = [("field" if i % 2 else "literal", part) for i, part in enumerate(parts) if part]
+        # fields by name, literal text as its token ids (tokenised once)
+        self.pieces = [("field", part) if i % 2 else ("literal", self._ids(part)) for i, part in enumerate(parts)
+                       if part]
         words = [[self._word_ids(word) for word in pattern.verbalizer[label]] for label in labels]
         self.masks = max(len(ids) for label_words in words for ids in label_words)
         if causal and self.masks > 1:
@@ -72,6 +78,11 @@ class ClozeEncoder:
         for i, label_words in enumerate(words):
             for j, ids in enumerate(label_words):
                 self.word_tokens[i, j, :len(ids)] = torch.tensor(ids)
+        self.mask_ids = [] if causal else [tokenizer.mask_token_id] * self.masks
+        self.text_budget = (max_length - len(self.special_before) - len(self.special_after) - len(self.mask_ids)
+                            - sum(len(ids) for kind, ids in self.pieces if kind == "literal"))
+        if self.text_budget < 1:
+            raise ConfigError(f"max_length {max_length} leaves no room for the text in the pattern")
 
     def _special_tokens(self) -> tuple[list[int], list[int]]:
         """The ids the tokenizer puts before and after a text ([CLS] … [SEP], <s> …, or nothing)."""
@@ -90,19 +101,13 @@ class ClozeEncoder:
     def encode(self, text: str, text_pair: str | None = None) -> dict:
         """input_ids, attention_mask and ``score_at`` (the first mask position, or the last position for a
         causal LM)."""
-        fixed = {"mask": [self.tokenizer.mask_token_id] * self.masks if not self.causal else []}
-        literal_ids = [self._ids(part) for kind, part in self.pieces if kind == "literal"]
-        budget = (self.max_length - len(self.special_before) - len(self.special_after)
-                  - sum(len(ids) for ids in literal_ids) - len(fixed["mask"]))
-        texts = {"text": self._ids(text), "text_pair": self._ids(text_pair or "")}
-        if budget < 1:
-            raise ConfigError(f"max_length {self.max_length} leaves no room for the text in the pattern")
-        while len(texts["text"]) + len(texts["text_pair"]) > budget:  # cut the longer text first
-            longer = "text" if len(texts["text"]) >= len(texts["text_pair"]) else "text_pair"
-            texts[longer] = texts[longer][:-1]
+        fields = {"text": self._ids(text), "text_pair": self._ids(text_pair or ""), "mask": self.mask_ids}
+        while len(fields["text"]) + len(fields["text_pair"]) > self.text_budget:  # cut the longer text first
+            longer = "text" if len(fields["text"]) >= len(fields["text_pair"]) else "text_pair"
+            fields[longer] = fields[longer][:-1]
         ids = []
         for kind, part in self.pieces:
-            ids += (texts.get(part) or fixed.get(part) or []) if kind == "field" else self._ids(part)
+            ids += fields[part] if kind == "field" else part
         if self.causal:  # the prompt ends where the label word would follow
             ids = self.special_before + ids
             score_at = len(ids) - 1
@@ -205,6 +210,7 @@ def train_pet(options: TrainOptions, pattern: Pattern) -> TrainResult:
     torch.manual_seed(options.seed)
     data = load_task_data(options)
     tokenizer, model, causal, model_dir = load_cloze_model(options)
+    pattern = pattern.for_labels(data.labels.names)
     encoder = ClozeEncoder(tokenizer, pattern, data.labels.names, causal, options.max_length)
     config = recipe_config(options, "CAUSAL_LM" if causal else None, model_dir, data.labels.names)
     peft_model, _ = with_method(model, options.method, config)

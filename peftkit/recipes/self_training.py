@@ -6,7 +6,7 @@ frozen masked LM, with lite adapters (``methods/lite_adapter.py``) and a PET pat
 1. Teacher: an adapter fine-tuned on the K labelled examples per class (cross-entropy over the
    verbalizer's label scores).
 2. Each of ``rounds`` rounds: the teacher gives soft labels p_T(y | x) on the unlabelled texts; a student
-   adapter, freshly initialised, learns them with loss Σᵢ wᵢ · (−Σ_y p_T(y | xᵢ) log p_S(y | xᵢ)) per batch,
+   adapter, freshly initialised, learns them per batch with loss Σᵢ wᵢ · (−Σ_y p_T(y | xᵢ) log p_S(y | xᵢ)),
    wᵢ from meta re-weighting against a batch of the labelled examples (``objectives/meta_weights.py``);
    then the student is fine-tuned on the labelled examples and becomes the next teacher.
 
@@ -28,7 +28,8 @@ from peftkit.core.errors import ConfigError
 from peftkit.core.peft_model import PeftModel
 from peftkit.methods.lite_adapter import LiteAdapterConfig
 from peftkit.objectives.meta_weights import meta_weights
-from peftkit.recipes.pet import ClozeClassifier, ClozeCollator, ClozeEncoder, Pattern, cloze_predictions
+from peftkit.recipes.pet import (ClozeClassifier, ClozeCollator, ClozeEncoder, Pattern, cloze_predictions,
+                                 encode_examples)
 from peftkit.tasks.classification import Examples
 
 
@@ -78,18 +79,14 @@ class SelfTraining:
 
     def __init__(self, model, tokenizer, pattern: Pattern, labels: list[str], settings: SelfTrainingSettings,
                  max_length: int = 128, seed: int = 0) -> None:
-        self.encoder = ClozeEncoder(tokenizer, pattern, labels, causal=False, max_length=max_length)
+        self.encoder = ClozeEncoder(tokenizer, pattern.for_labels(labels), labels, causal=False,
+                                    max_length=max_length)
         self.settings, self.seed = settings, seed
         self.pad = tokenizer.pad_token_id
         self.collate = ClozeCollator(self.pad, left=False)
         self.peft_model = PeftModel(model)
         self.classifier = ClozeClassifier(self.peft_model, self.encoder)
         self.generation = 0
-
-    def encode(self, examples: Examples) -> list[dict]:
-        pairs = examples.pairs or [None] * len(examples.texts)
-        return [{**self.encoder.encode(t, p), "labels": y}
-                for t, p, y in zip(examples.texts, pairs, examples.labels, strict=True)]
 
     def fresh_adapter(self) -> str:
         """A newly initialised lite adapter, the only trainable tensors; the previous one is removed."""
@@ -176,7 +173,8 @@ class SelfTraining:
 
     def run(self, labelled: Examples, unlabelled: Examples, evaluation: Examples) -> SelfTrainingResult:
         started = time.perf_counter()
-        labelled_rows, unlabelled_rows, eval_rows = (self.encode(e) for e in (labelled, unlabelled, evaluation))
+        labelled_rows, unlabelled_rows, eval_rows = (encode_examples(self.encoder, e)
+                                                     for e in (labelled, unlabelled, evaluation))
         self.fresh_adapter()
         trainable = sum(p.numel() for p in self.classifier.parameters() if p.requires_grad)
         self.fine_tune(labelled_rows, "teacher on labelled")
@@ -216,7 +214,7 @@ def train_list(options, pattern: Pattern, shots: int = 16, unlabelled: int | Non
     output = Path(options.output)
     loop.save(output)
     write_json(output / TASK_FILE, {"task": "pet", "labels": data.labels.names, "template": pattern.template,
-                                    "verbalizer": pattern.verbalizer, "causal": False,
+                                    "verbalizer": loop.encoder.pattern.verbalizer, "causal": False,
                                     "max_length": options.max_length})
     accuracy = result.round_accuracies[-1] if result.round_accuracies else result.teacher_accuracy
     rounds_text = ", ".join(f"{a:.4f}" for a in result.round_accuracies)

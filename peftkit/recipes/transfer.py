@@ -7,7 +7,8 @@ head stays behind, as the target has its own labels).
 Stage 2 (``train_transfer``): the pretrained model with a fresh head for the target labels, every source
 adapter loaded frozen, and one composition over them (``core/composition.py``): ``Scale`` (ScaLearn and
 its Uniform / ++ variants: only ω trains) or ``Fuse`` (AdapterFusion: the fusion layers train). The head
-trains with them (the composition's ``modules_to_save``, saved with it). Reported: the target score and the transfer layer's parameter count (head excluded).
+trains with them (the composition's ``modules_to_save``, saved with it). Reported: the target score and
+the transfer layer's parameter count (head excluded).
 
 Frohmann et al., 2024, "ScaLearn: Simple and Highly Parameter-Efficient Task Transfer by Learning to
 Scale"; Pfeiffer et al., 2021, "AdapterFusion: Non-Destructive Task Composition for Transfer Learning".
@@ -92,6 +93,7 @@ def train_transfer(options: TrainOptions, sources: dict[str, Path], method: str)
     _, seconds = run_trainer(peft_model, dataset, DataCollatorWithPadding(tokenizer), options,
                              options.lr or default_lr)
     correct = count_correct(peft_model, tokenizer, tokenize(tokenizer, data.eval, options.max_length))
-    return TransferResult(model=peft_model, method=method, accuracy=correct / len(data.eval.labels), transfer_parameters=transfer,
+    return TransferResult(model=peft_model, method=method, accuracy=correct / len(data.eval.labels),
+                          transfer_parameters=transfer,
                           head_parameters=head_parameters, train_seconds=seconds)
 

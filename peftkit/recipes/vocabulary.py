@@ -29,6 +29,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerFast
 
 from peftkit.core.errors import ConfigError
+from peftkit.core.pretrained import output_heads
 
 ID_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id", "unk_token_id", "sep_token_id", "cls_token_id",
              "mask_token_id", "decoder_start_token_id")
@@ -162,8 +163,7 @@ def vocabulary_parameters(model: nn.Module) -> list[tuple[nn.Module, str]]:
     found = [(inputs, "weight")]
     if outputs is not None:
         found += [(outputs, name) for name in ("weight", "bias") if getattr(outputs, name, None) is not None]
-        heads = [m for m in model.modules() if any(child is outputs for child in m.children())]
-        found += [(head, name) for head in heads for name, p in head._parameters.items()
+        found += [(head, name) for _, head in output_heads(model) for name, p in head._parameters.items()
                   if p is not None and p.dim() == 1 and p.shape[0] == size]
     return found
 

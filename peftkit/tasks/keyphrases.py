@@ -57,9 +57,14 @@ def unique_phrases(phrases: list[str]) -> list[tuple[str, ...]]:
     return result
 
 
-def contains(document: tuple[str, ...], phrase: tuple[str, ...]) -> bool:
+def first_position(document: tuple[str, ...], phrase: tuple[str, ...]) -> int | None:
+    """Where ``phrase`` first occurs in ``document`` (both word tuples), or None."""
     n = len(phrase)
-    return any(document[i:i + n] == phrase for i in range(len(document) - n + 1))
+    return next((i for i in range(len(document) - n + 1) if document[i:i + n] == phrase), None)
+
+
+def contains(document: tuple[str, ...], phrase: tuple[str, ...]) -> bool:
+    return first_position(document, phrase) is not None
 
 
 def split_present(document: str, phrases: list[str]) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
