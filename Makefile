@@ -23,7 +23,6 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,bench]'
 	$(BIN)/python benchmarks/lora_vs_peft.py
 	$(BIN)/python benchmarks/lora_vs_peft.py --lm --rounds 10 --steps 1
 	$(BIN)/python benchmarks/memory_methods.py
@@ -35,3 +34,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/maft_ner.py
 	$(BIN)/python benchmarks/few_shot_sst2.py
 	$(BIN)/python benchmarks/keyphrases_inspec.py
+	$(BIN)/peftkit bench --output benchmarks/results/bench-default

@@ -2,8 +2,10 @@
 a lite adapter, and LiST, over seeds.
 
 MiniLM ships without its masked-LM head, so the model is first adapted once with ``peftkit train --recipe
-mlm`` on the SST-2 training sentences as unlabelled text (1 epoch, full; cached in
-``~/.cache/peftkit/minilm-sst2-mlm``); all three methods start from that folder. Per seed: K labelled
+mlm`` (full, ``--mlm-epochs``, lr ``--mlm-lr``) on unlabelled English review sentences: the SST-5 training
+sentences (a superset of SST-2's train) and the Subjectivity corpus, minus any SST-2 dev sentence (read
+from ``PEFTKIT_DATA``, default ``../shared/data``; cached in ``~/.cache/peftkit/``); all three methods
+start from that folder. Per seed: K labelled
 examples per class drawn from the training set, ``--unlabelled`` others as unlabelled text, scored on the
 872 dev sentences.
 * head: LoRA (r 8, all linear layers) + a fresh classification head, ``--steps`` steps of 16;
@@ -28,19 +30,36 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+DATA = Path(os.environ.get("PEFTKIT_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 RESULTS = Path(__file__).parent / "results" / "few_shot_sst2.json"
-ADAPTED = Path.home() / ".cache" / "peftkit" / "minilm-sst2-mlm"
+CORPORA = ("sst5/train.jsonl", "subj/all.jsonl")
 
 
-def adapted_model() -> Path:
+def adaptation_corpus(folder: Path) -> Path:
+    """The unlabelled sentences of ``CORPORA``, de-duplicated, without SST-2's dev sentences."""
+    from peftkit.tasks.data import read_rows
+
+    held_out = {row["text"] for row in read_rows(DATA / "sst2" / "dev.jsonl")}
+    sentences = dict.fromkeys(row["text"] for corpus in CORPORA for row in read_rows(DATA / corpus))
+    corpus = folder / "corpus.txt"
+    corpus.write_text("".join(f"{text}\n" for text in sentences if text not in held_out), encoding="utf-8")
+    return corpus
+
+
+def adapted_model(epochs: float, lr: float) -> tuple[Path, dict]:
     from peftkit.recipes.masked_lm import train_masked_lm
     from peftkit.recipes.training import TrainOptions
-    from peftkit.tasks.classification import bundled_sst2
 
-    if not (ADAPTED / "config.json").is_file():
-        train_masked_lm(TrainOptions(method="full", train=str(bundled_sst2("train")), text_column="text",
-                                     max_length=64, output=str(ADAPTED)))
-    return ADAPTED
+    folder = Path.home() / ".cache" / "peftkit" / f"minilm-reviews-mlm-{epochs:g}ep-{lr:g}"
+    report = folder / "adaptation.json"
+    if not report.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        result = train_masked_lm(TrainOptions(method="full", train=str(adaptation_corpus(folder)), epochs=epochs,
+                                              lr=lr, max_length=64, output=str(folder)))
+        _, after, detail = result.metric
+        report.write_text(json.dumps({"mlm_loss_before": float(detail.split(" ")[0]), "mlm_loss_after": after,
+                                      "steps": len(result.step_seconds), "seconds": result.wall_seconds}))
+    return folder, json.loads(report.read_text())
 
 
 def main() -> None:
@@ -60,10 +79,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--mlm-epochs", type=float, default=3.0)
+    parser.add_argument("--mlm-lr", type=float, default=2e-4)
     args = parser.parse_args()
     torch.set_num_threads(2)
     started = time.perf_counter()
-    model_dir = adapted_model()
+    model_dir, adaptation = adapted_model(args.mlm_epochs, args.mlm_lr)
+    print(f"masked-LM adaptation: held-out loss {adaptation['mlm_loss_before']:.3f} -> "
+          f"{adaptation['mlm_loss_after']:.3f} ({adaptation['steps']} steps)", flush=True)
     data = load_task_data(TrainOptions(model=str(model_dir)))
     pattern = Pattern("{text} It was {mask}.", {"negative": ["terrible"], "positive": ["great"]})
     runs = []
@@ -96,7 +119,7 @@ def main() -> None:
         print(f"{method}: {summary[method]['mean']:.4f} ± {summary[method]['sd']:.4f}")
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                                   "settings": vars(args), "runs": runs, "summary": summary,
+                                   "settings": vars(args), "adaptation": adaptation, "runs": runs, "summary": summary,
                                    "seconds": time.perf_counter() - started}, indent=2))
     print(f"raw measurements: {RESULTS}")
 

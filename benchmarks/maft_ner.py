@@ -5,6 +5,8 @@ Per language (Swahili ``swa``, Yorùbá ``yor``):
 (a) LoRA token classification on the model as it is;
 (b) full adaptive masked-LM training on ``monolingual/<lang>.txt`` (``--mlm-epochs``), then (a) on it;
 (c) vocabulary reduction to the tokens of that text (``peftkit vocab-reduce``), then (b).
+Each stage's result is kept in ``results/maft_ner.partial.json`` as it finishes, so an interrupted run
+continues with the next stage when started again with the same settings.
 The NER step is the same everywhere: LoRA (r 8, all linear layers, the head trained), ``--ner-epochs``
 over train, entity-level F1 (conlleval-style) on dev. Printed with the parameter counts, and written to
 ``results/maft_ner.json``.
@@ -25,6 +27,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 DATA = Path(os.environ.get("PEFTKIT_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 RESULTS = Path(__file__).parent / "results" / "maft_ner.json"
+PARTIAL = Path(__file__).parent / "results" / "maft_ner.partial.json"  # stages done so far, reused by a rerun
+
+
+def finished_stages(args) -> dict:
+    """The stages an interrupted run with the same settings finished."""
+    if PARTIAL.is_file():
+        saved = json.loads(PARTIAL.read_text())
+        if saved["settings"] == vars(args):
+            return saved["stages"]
+    return {}
 
 
 def ner(model: str | None, language: str, args, output: Path) -> dict:
@@ -71,36 +83,44 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--languages", default="swa,yor")
     parser.add_argument("--mlm-epochs", type=float, default=1.0)
-    parser.add_argument("--ner-epochs", type=float, default=2.0)
+    parser.add_argument("--ner-epochs", type=float, default=1.0)
     parser.add_argument("--ner-lr", type=float, default=2e-3)
     parser.add_argument("--max-length", type=int, default=128)
     args = parser.parse_args()
     torch.set_num_threads(2)
     results, started = {}, time.perf_counter()
+    finished = finished_stages(args)
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         for language in args.languages.split(","):
-            rows = {"a: as it is": ner(None, language, args, work / f"{language}-a")}
-            adapted = work / f"{language}-adapted"
-            mlm = adapt(None, language, args, adapted)
-            rows["b: + adaptive MLM"] = {**ner(str(adapted), language, args, work / f"{language}-b"), "mlm": mlm}
-            small = work / f"{language}-small"
-            reduction = reduce(language, small)
-            small_adapted = work / f"{language}-small-adapted"
-            mlm = adapt(str(small), language, args, small_adapted)
-            rows["c: vocabulary reduced + adaptive MLM"] = {**ner(str(small_adapted), language, args,
-                                                                   work / f"{language}-c"),
-                                                             "mlm": mlm, "reduction": reduction}
-            results[language] = rows
+            rows = results[language] = {}
+
+            def stage(name, measure, language=language, rows=rows):
+                key = f"{language} {name}"
+                rows[name] = finished[key] if key in finished else measure()
+                finished[key] = rows[name]
+                PARTIAL.write_text(json.dumps({"settings": vars(args), "stages": finished}, indent=2))
+
+            def adapted_ner(model, folder, extra, language=language):
+                mlm = adapt(model, language, args, work / folder)
+                return {**ner(str(work / folder), language, args, work / f"{folder}-ner"), "mlm": mlm, **extra}
+
+            stage("a: as it is", lambda language=language: ner(None, language, args, work / f"{language}-a"))
+            stage("b: + adaptive MLM", lambda language=language: adapted_ner(None, f"{language}-adapted", {}))
+            stage("c: vocabulary reduced + adaptive MLM", lambda language=language: adapted_ner(
+                str(work / f"{language}-small"), f"{language}-small-adapted",
+                {"reduction": reduce(language, work / f"{language}-small")}))
             for name, row in rows.items():
                 print(f"{language} {name}: entity F1 {row['f1']:.4f} (P {row['precision']:.4f}, "
                       f"R {row['recall']:.4f}), model {row['total']:,} parameters, {row['trainable']:,} trained")
+            reduction = rows["c: vocabulary reduced + adaptive MLM"]["reduction"]
             print(f"{language} vocabulary {reduction['vocabulary_before']:,} -> {reduction['vocabulary_after']:,} "
                   f"tokens, {reduction['parameters_removed']:,} parameters removed", flush=True)
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                                    "settings": vars(args), "results": results,
                                    "seconds": time.perf_counter() - started}, indent=2))
+    PARTIAL.unlink(missing_ok=True)
     print(f"raw measurements: {RESULTS}")
 
 

@@ -1,4 +1,4 @@
-"""The ``peftkit`` command: train, eval, generate, plan, info, merge, vocab-reduce.
+"""The ``peftkit`` command: train, eval, generate, plan, info, merge, vocab-reduce, bench.
 
 Bad input (a missing file or column, a config value, a model folder that isn't there) ends with a
 one-line ``peftkit: error: …`` and exit code 2, never a traceback.
@@ -281,6 +281,51 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(seed) for seed in text.split(",") if seed.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds must be whole numbers separated by commas, got {text!r}") from None
+    if not seeds:
+        raise ConfigError("--seeds is empty")
+    return seeds
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from peftkit.bench.report import write_report
+    from peftkit.bench.rows import bench_rows
+    from peftkit.bench.runner import BenchSettings, environment, run_bench
+    from peftkit.core.pretrained import display_name, resolve_model_dir
+
+    if args.vs_peft:
+        try:
+            import peft  # noqa: F401
+        except ImportError:
+            raise ConfigError("--vs-peft needs Hugging Face peft (pip install peft)") from None
+    seeds = _seeds(args.seeds)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    rows = bench_rows(methods, args.options)
+    model_dir = resolve_model_dir(args.model)
+    settings = BenchSettings(
+        model=args.model, train=args.train, eval=args.eval, text_column=args.text_column,
+        text_pair_column=args.text_pair_column, label_column=args.label_column,
+        epochs=args.epochs or 1.0, max_steps=None if args.epochs and not args.max_steps else args.max_steps or 60,
+        batch_size=args.batch_size, max_length=args.max_length,
+        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"), bf16=args.bf16,
+        threads=args.threads)
+    run = run_bench(rows, settings, seeds, args.output, vs_peft=args.vs_peft)
+    budget = f"{settings.max_steps} steps" if settings.max_steps else f"{settings.epochs:g} epoch(s)"
+    title = (f"peftkit bench: {display_name(model_dir)} on {args.train or 'SST-2 (bundled)'}, {budget} of "
+             f"{settings.batch_size}, {settings.max_length} tokens, seeds {','.join(map(str, seeds))}, "
+             f"{settings.device}")
+    files = write_report(run, environment(settings), Path(args.output), title)
+    print(files[1].read_text())
+    print(f"raw measurements, table and plots: {', '.join(str(f) for f in files)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peftkit", description="Parameter-efficient fine-tuning.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -373,6 +418,35 @@ def build_parser() -> argparse.ArgumentParser:
     vocab.add_argument("--scripts", help="keep every token written in these Unicode scripts, e.g. latin,arabic")
     vocab.add_argument("--output", required=True)
     vocab.set_defaults(run=cmd_vocab_reduce)
+
+    bench = commands.add_parser("bench", help="train every method under one budget and compare them",
+                                description="Each method (and full fine-tuning, the reference) trains on the same "
+                                            "data and budget in a process of its own; reported per method: "
+                                            "trainable parameters, score, step time, throughput, peak and "
+                                            "activation memory, inference latency. Rerun with the same --output "
+                                            "to continue an interrupted bench.")
+    bench.add_argument("--methods", help="comma-separated (default: every method, qlora, dora, rslora); full "
+                                         "fine-tuning always runs")
+    bench.add_argument("--options", metavar="YAML", help="method options: {method: {key: value}} or a list of "
+                                                         "option sets, one row each (e.g. lora: [{r: 4}, {r: 8}])")
+    bench.add_argument("--model", help="local transformers model folder; default: bundled all-MiniLM-L6-v2")
+    bench.add_argument("--train", help="training file (CSV, TSV, JSONL); default: bundled SST-2")
+    bench.add_argument("--eval", help="evaluation file; default: SST-2 dev, or 10%% held out of --train")
+    bench.add_argument("--text-column")
+    bench.add_argument("--text-pair-column")
+    bench.add_argument("--label-column")
+    bench.add_argument("--max-steps", type=int, help="optimizer steps per run (default 60 unless --epochs)")
+    bench.add_argument("--epochs", type=float, help="epochs per run instead of --max-steps")
+    bench.add_argument("--batch-size", type=int, default=32)
+    bench.add_argument("--max-length", type=int, default=128)
+    bench.add_argument("--seeds", default="42", help="comma-separated; every method runs once per seed")
+    bench.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when there is one")
+    bench.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    bench.add_argument("--threads", type=int, help="CPU threads per run (default: torch's)")
+    bench.add_argument("--vs-peft", action="store_true",
+                       help="also run Hugging Face peft's implementation of each method it has; peftkit/peft ratios")
+    bench.add_argument("--output", default="peftkit-bench", help="folder for the results (default peftkit-bench)")
+    bench.set_defaults(run=cmd_bench)
 
     merge = commands.add_parser("merge", help="fold an adapter into its base model and save it")
     merge.add_argument("--adapter", required=True)

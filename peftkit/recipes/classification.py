@@ -25,8 +25,8 @@ from peftkit.recipes.training import (
     TrainOptions,
     TrainResult,
     autocast,
-    parameter_counts,
     load_saved_adapter,
+    parameter_counts,
     recipe_config,
     run_trainer,
     split_rows,
@@ -69,21 +69,39 @@ def load_task_data(options: TrainOptions) -> TaskData:
     return TaskData(model_dir, columns, labels, train_examples, eval_examples)
 
 
+@dataclass
+class ClassifierSetup:
+    """A classification run ready to train: data, tokenizer, the wrapped model and its encoded examples."""
+
+    data: TaskData
+    tokenizer: object
+    model: torch.nn.Module
+    quantization: str | None
+    dataset: list[dict]
+    eval_encoded: list[dict]
+    learning_rate: float
+
+
+def setup_classifier(options: TrainOptions, wrap=with_method) -> ClassifierSetup:
+    """Read the data, load the model with a fresh head and wrap it with ``options.method``: ``wrap(model,
+    method, config)`` returns (the model to train, its base quantisation); ``with_method`` is peftkit's."""
+    torch.manual_seed(options.seed)
+    data = load_task_data(options)
+    config = recipe_config(options, "SEQ_CLS", data.model_dir, data.labels.names)
+    tokenizer, model = load_sequence_classifier(data.model_dir, data.labels.names)
+    peft_model, quantization = wrap(model, options.method, config)
+    return ClassifierSetup(data=data, tokenizer=tokenizer, model=peft_model, quantization=quantization,
+                           dataset=tokenize(tokenizer, data.train, options.max_length),
+                           eval_encoded=tokenize(tokenizer, data.eval, options.max_length),
+                           learning_rate=options.lr or LEARNING_RATES.get(options.method, 1e-3))
+
+
 def train_classifier(options: TrainOptions) -> TrainResult:
     """Train ``options.method`` (any registered method, or "full") and score it; see the module docstring."""
     started = time.perf_counter()
-    torch.manual_seed(options.seed)
-    data = load_task_data(options)
-    model_dir, columns, labels, train_examples, eval_examples = (data.model_dir, data.columns, data.labels,
-                                                                 data.train, data.eval)
-    config = recipe_config(options, "SEQ_CLS", model_dir, labels.names)
-    learning_rate = options.lr or LEARNING_RATES.get(options.method, 1e-3)
-
-    tokenizer, model = load_sequence_classifier(model_dir, labels.names)
-    peft_model, quantization = with_method(model, options.method, config)
+    setup = setup_classifier(options)
+    data, tokenizer, peft_model, eval_encoded = setup.data, setup.tokenizer, setup.model, setup.eval_encoded
     trainable, total = parameter_counts(peft_model)
-    dataset = tokenize(tokenizer, train_examples, options.max_length)
-    eval_encoded = tokenize(tokenizer, eval_examples, options.max_length)
     if options.init_prompt:
         peft_model.load_prompt(options.init_prompt)
     objectives, density = [], None
@@ -91,10 +109,10 @@ def train_classifier(options: TrainOptions) -> TrainResult:
         density_before = feed_forward_density(peft_model, tokenizer, eval_encoded)
         objectives.append(DensityLoss(peft_model, weight=options.density_loss))
     if options.teacher:
-        objectives.append(DistillationLoss(peft_model, load_teacher(options.teacher, labels, options.model),
+        objectives.append(DistillationLoss(peft_model, load_teacher(options.teacher, data.labels, options.model),
                                            weight=options.distill_weight))
-    progress, train_seconds = run_trainer(peft_model, dataset, DataCollatorWithPadding(tokenizer), options,
-                                          learning_rate, objectives=objectives)
+    progress, train_seconds = run_trainer(peft_model, setup.dataset, DataCollatorWithPadding(tokenizer), options,
+                                          setup.learning_rate, objectives=objectives)
     if options.density_loss:
         density = (density_before, feed_forward_density(peft_model, tokenizer, eval_encoded))
     with autocast(options):
@@ -102,14 +120,14 @@ def train_classifier(options: TrainOptions) -> TrainResult:
     output = Path(options.output)
     peft_model.save_pretrained(output)  # full fine-tuning: the whole model, in transformers' format
     write_json(output / TASK_FILE, {
-        "task": "text-classification", "labels": labels.names, "text_column": columns.text,
-        "text_pair_column": columns.text_pair, "label_column": columns.label, "max_length": options.max_length,
-        "base_quantization": quantization,
+        "task": "text-classification", "labels": data.labels.names, "text_column": data.columns.text,
+        "text_pair_column": data.columns.text_pair, "label_column": data.columns.label,
+        "max_length": options.max_length, "base_quantization": setup.quantization,
     })
     return TrainResult(
-        method=options.method, model_dir=model_dir, train_examples=len(train_examples.labels),
-        eval_examples=len(eval_examples.labels), labels=labels.names, trainable_parameters=trainable,
-        total_parameters=total, accuracy=correct / len(eval_examples.labels), correct=correct,
+        method=options.method, model_dir=data.model_dir, train_examples=len(data.train.labels),
+        eval_examples=len(data.eval.labels), labels=data.labels.names, trainable_parameters=trainable,
+        total_parameters=total, accuracy=correct / len(data.eval.labels), correct=correct,
         train_seconds=train_seconds, wall_seconds=time.perf_counter() - started, peak_memory_mib=peak_rss_mib(),
         output=output, losses=progress.losses, step_seconds=progress.step_seconds, steps=len(progress.step_seconds),
         density=density,

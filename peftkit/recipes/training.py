@@ -236,11 +236,12 @@ class ObjectiveTrainer(Trainer):
 
 
 def run_trainer(model, dataset, collator, options: TrainOptions, learning_rate: float,
-                trainer_cls: type[ObjectiveTrainer] = ObjectiveTrainer, objectives: tuple = ()
-                ) -> tuple[ProgressBar, float]:
+                trainer_cls: type[ObjectiveTrainer] = ObjectiveTrainer, objectives: tuple = (),
+                callbacks: tuple = ()) -> tuple[ProgressBar, float]:
     """Train on transformers' Trainer (linear schedule, 6 % warm-up, no checkpoints), adding the
-    ``objectives``' terms to the loss (their hooks are removed when training ends), and a rank-allocating
-    method's allocator and orthogonality term (AdaLoRA, IncreLoRA); (progress, seconds)."""
+    ``objectives``' terms to the loss (their hooks are removed when training ends), a rank-allocating
+    method's allocator and orthogonality term (AdaLoRA, IncreLoRA) and any other Trainer ``callbacks``;
+    (progress, seconds)."""
     from peftkit.recipes.rank_allocation import allocation_parts  # here: it imports the methods
 
     progress = ProgressBar()
@@ -255,7 +256,7 @@ def run_trainer(model, dataset, collator, options: TrainOptions, learning_rate: 
             use_cpu=not torch.cuda.is_available(),
         )
         trainer = trainer_cls(model=model, args=arguments, train_dataset=dataset, data_collator=collator,
-                              callbacks=[progress, *allocation_callbacks])
+                              callbacks=[progress, *allocation_callbacks, *callbacks])
         trainer.objectives = tuple(objectives)
         trainer.remove_callback(ProgressCallback)
         trainer.remove_callback(PrinterCallback)

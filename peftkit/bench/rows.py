@@ -1,0 +1,95 @@
+"""What a bench runs: one row per method and option set, read from ``--methods`` and a YAML file.
+
+A row is a method (any registered one, ``qlora``, a LoRA variant such as ``dora``, or ``full``) with its
+options. The YAML file maps a method name to its options, or to a list of option sets, one row each::
+
+    lora:                 # three rows: "lora r=4", "lora r=8", "lora r=16"
+      - {r: 4}
+      - {r: 8}
+      - {r: 16}
+    adapter: {reduction_factor: 32}
+    dora: {r: 4}          # a variant: LoRA with use_dora
+
+Full fine-tuning is always the first row, the reference the others are compared with. A name that is no
+method still becomes a row: it fails with a one-line reason and the rest of the bench runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from peftkit.core.errors import ConfigError
+from peftkit.recipes.training import FULL_FINE_TUNING, QUANTIZED_METHODS
+
+# Variants benched as rows of their own: name -> (method, the options that make it).
+VARIANTS = {"dora": ("lora", {"use_dora": True}), "rslora": ("lora", {"use_rslora": True})}
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    label: str  # unique within a bench, e.g. "lora r=4"
+    method: str  # what ``peftkit train --method`` takes ("full", "qlora", a registered method)
+    options: dict = field(default_factory=dict)
+
+    @property
+    def slug(self) -> str:
+        """The row's file-name-safe label."""
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in self.label.replace(" ", "_"))
+
+
+def default_methods() -> list[str]:
+    """Every registered method, QLoRA and the LoRA variants, after full fine-tuning."""
+    import peftkit.methods  # noqa: F401  (registers the methods)
+    from peftkit.core.registry import registered_methods
+
+    names = sorted({*registered_methods(), *QUANTIZED_METHODS, *VARIANTS})
+    return [FULL_FINE_TUNING, *names]
+
+
+def read_method_options(path: str | Path) -> dict[str, list[dict]]:
+    """The YAML file's option sets per method name."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{path}: method options file not found")
+    try:
+        values = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected method names mapped to options (or to a list of option sets)")
+    sets = {}
+    for method, options in values.items():
+        options = [{}] if options is None else options if isinstance(options, list) else [options]
+        if not all(isinstance(option_set, dict) for option_set in options):
+            raise ConfigError(f"{path}: the options of '{method}' must be a mapping or a list of mappings")
+        sets[str(method)] = options
+    return sets
+
+
+def _label(method: str, options: dict, several: bool) -> str:
+    if not several or not options:
+        return method
+    return f"{method} " + " ".join(f"{key}={value}" for key, value in options.items())
+
+
+def bench_rows(methods: list[str] | None = None, options_file: str | Path | None = None) -> list[BenchRow]:
+    """Full fine-tuning, then each method (default: every one) with each of its option sets."""
+    option_sets = read_method_options(options_file) if options_file else {}
+    names = list(dict.fromkeys(methods or default_methods()))
+    if FULL_FINE_TUNING in names:
+        names.remove(FULL_FINE_TUNING)
+    rows = [BenchRow(FULL_FINE_TUNING, FULL_FINE_TUNING)]
+    for name in names:
+        base, variant_options = VARIANTS.get(name, (name, {}))
+        sets = option_sets.get(name, [{}])
+        for options in sets:
+            label = _label(name, options, several=len(sets) > 1)
+            rows.append(BenchRow(label, base if name in VARIANTS else name, {**variant_options, **options}))
+    labels = [row.label for row in rows]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise ConfigError(f"bench rows named twice: {', '.join(repeated)} (give each option set other values)")
+    return rows

@@ -1,0 +1,106 @@
+"""`peftkit bench` end to end on the tiny BERT folder: rows, reasons, peft twins, files, resuming."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from peftkit.cli import main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def bench_args(model_dir, data, output, *extra) -> list[str]:
+    return ["bench", "--model", str(model_dir), "--train", str(data / "train.csv"), "--eval", str(data / "dev.jsonl"),
+            "--text-column", "review", "--label-column", "sentiment", "--max-steps", "3", "--batch-size", "8",
+            "--max-length", "16", "--threads", "1", "--output", str(output), *extra]
+
+
+def summaries(output) -> dict:
+    return {(s["row"], s["implementation"]): s for s in json.loads((output / "bench.json").read_text())["summary"]}
+
+
+def expected_lora_parameters(model_dir, r: int) -> tuple[int, int]:
+    import peftkit
+    from peftkit.core.pretrained import load_sequence_classifier
+    from peftkit.recipes.training import parameter_counts
+
+    _, model = load_sequence_classifier(model_dir, ["neg", "pos"])
+    config = peftkit.LoraConfig(r=r, lora_alpha=16, target_modules="all-linear", task_type="SEQ_CLS")
+    return parameter_counts(peftkit.get_peft_model(model, config))
+
+
+def test_bench_rows_reasons_peft_twins_and_files(model_dir, data, tmp_path, capsys):
+    options = tmp_path / "methods.yaml"
+    options.write_text("lora:\n  - {r: 2}\n  - {r: 4, target_modules: [no_such_module]}\n")
+    output = tmp_path / "bench"
+    assert main(bench_args(model_dir, data, output, "--methods", "lora,bogus,prefix", "--options", str(options),
+                           "--vs-peft")) == 0
+    rows = summaries(output)
+    assert list(rows) == [("full", "peftkit"), ("lora r=2", "peftkit"), ("lora r=2", "peft"),
+                          ("lora r=4 target_modules=['no_such_module']", "peftkit"),
+                          ("lora r=4 target_modules=['no_such_module']", "peft"),
+                          ("bogus", "peftkit"), ("prefix", "peftkit"), ("prefix", "peft")]
+    full, lora, lora_peft = rows["full", "peftkit"], rows["lora r=2", "peftkit"], rows["lora r=2", "peft"]
+    assert full["trainable"] == full["total"] and full["trainable_percent"] == 100
+    assert (lora["trainable"], lora["total"]) == expected_lora_parameters(model_dir, 2)
+    assert lora_peft["trainable"] == lora["trainable"]
+    for summary in (full, lora, lora_peft):
+        assert 0 <= summary["score"] <= 1 and summary["step_seconds"] > 0 and summary["peak_mib"] > 0
+        assert summary["activation_mib"] > 0 and summary["latency_unmerged_ms"] > 0
+        assert summary["examples_per_second"] == pytest.approx(8 / summary["step_seconds"])
+    assert lora["latency_merged_ms"] > 0 and full["latency_merged_ms"] is None
+    assert lora["vs_full"]["step_seconds"] == pytest.approx(lora["step_seconds"] / full["step_seconds"])
+    assert lora["vs_peft"]["peak_mib"] == pytest.approx(lora["peak_mib"] / lora_peft["peak_mib"])
+    assert "no_such_module" in rows["lora r=4 target_modules=['no_such_module']", "peftkit"]["error"]
+    assert rows["bogus", "peftkit"]["error"].startswith("unknown method 'bogus'")
+    assert "no weight to merge" in rows["prefix", "peftkit"]["merge_note"]
+    table = (output / "bench.md").read_text()
+    assert table.count("\n| ") == 1 + len(rows) and "failed: unknown method 'bogus'" in table
+    for plot in ("score_vs_parameters.png", "score_vs_memory.png"):
+        assert (output / plot).read_bytes().startswith(PNG)
+    environment = json.loads((output / "bench.json").read_text())["environment"]
+    assert environment["device"] == "cpu" and environment["threads"] == 1 and "torch" in environment["versions"]
+    assert "| lora r=2 | peft |" in capsys.readouterr().out
+
+
+def test_killed_bench_continues_with_the_finished_runs(model_dir, data, tmp_path):
+    output = tmp_path / "bench"
+    assert main(bench_args(model_dir, data, output, "--methods", "lora")) == 0
+    finished = {path.name: path.read_bytes() for path in (output / "runs").iterdir()}
+    assert sorted(finished) == ["full-seed42.json", "lora-seed42.json"]
+
+    command = [sys.executable, "-m", "peftkit", *bench_args(model_dir, data, output, "--methods", "lora,ia3")]
+    bench = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (output / "logs" / "ia3-seed42.log").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(bench.pid, signal.SIGKILL)  # the bench and its worker, mid-run
+    bench.wait()
+    assert not (output / "runs" / "ia3-seed42.json").exists()
+
+    assert main(bench_args(model_dir, data, output, "--methods", "lora,ia3")) == 0
+    for name, content in finished.items():
+        assert (output / "runs" / name).read_bytes() == content  # read back, not run again
+    assert [row for row, _ in summaries(output)] == ["full", "lora", "ia3"]
+
+
+def test_other_settings_in_the_same_folder_are_refused(model_dir, data, tmp_path, capsys):
+    output = tmp_path / "bench"
+    output.mkdir()
+    (output / "bench-settings.json").write_text(json.dumps({"max_steps": 5}))
+    assert main(bench_args(model_dir, data, output, "--methods", "lora")) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("peftkit: error:") and "other settings" in error and "max_steps 5 -> 3" in error
+    assert not (output / "runs").exists()
+
+
+def test_bad_seeds_are_one_line(tmp_path, capsys):
+    assert main(["bench", "--seeds", "1,x", "--output", str(tmp_path / "b")]) == 2
+    assert capsys.readouterr().err.strip() == "peftkit: error: --seeds must be whole numbers separated by commas, got '1,x'"

@@ -1,0 +1,43 @@
+"""Which rows a bench runs: methods, option sets from YAML, variants, full fine-tuning first."""
+
+from __future__ import annotations
+
+import pytest
+
+from peftkit.bench.rows import BenchRow, bench_rows, default_methods
+from peftkit.core.errors import ConfigError
+
+
+def test_option_sets_become_rows_after_full_fine_tuning(tmp_path):
+    options = tmp_path / "methods.yaml"
+    options.write_text("lora:\n  - {r: 4}\n  - {r: 8}\n  - {r: 16}\nadapter: {reduction_factor: 32}\n")
+    rows = bench_rows(["lora", "adapter", "ia3"], options)
+    assert rows == [BenchRow("full", "full"), BenchRow("lora r=4", "lora", {"r": 4}),
+                    BenchRow("lora r=8", "lora", {"r": 8}), BenchRow("lora r=16", "lora", {"r": 16}),
+                    BenchRow("adapter", "adapter", {"reduction_factor": 32}), BenchRow("ia3", "ia3")]
+    assert rows[1].slug == "lora_r_4"
+
+
+def test_variants_and_defaults():
+    assert bench_rows(["dora"])[1] == BenchRow("dora", "lora", {"use_dora": True})
+    names = default_methods()
+    assert names[0] == "full"
+    assert {"lora", "qlora", "dora", "meft", "adapter", "prefix", "prompt", "ia3", "bitfit"} <= set(names)
+    assert [row.label for row in bench_rows()] == names
+
+
+def test_bad_option_files_name_the_problem(tmp_path):
+    with pytest.raises(ConfigError, match="missing.yaml: method options file not found"):
+        bench_rows(["lora"], tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("lora: [r: 4\n")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        bench_rows(["lora"], broken)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("lora: 4\n")
+    with pytest.raises(ConfigError, match="the options of 'lora' must be a mapping"):
+        bench_rows(["lora"], scalar)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("lora:\n  - {r: 4}\n  - {r: 4}\n")
+    with pytest.raises(ConfigError, match="bench rows named twice: lora r=4"):
+        bench_rows(["lora"], twice)
