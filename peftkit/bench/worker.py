@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import tempfile
 
 import torch
 from transformers import DataCollatorWithPadding, TrainerCallback
@@ -79,15 +78,13 @@ def run(job: dict) -> dict:
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    with tempfile.TemporaryDirectory(prefix="peftkit-bench-") as scratch:
-        options.output = scratch
-        setup = setup_classifier(options, wrap=peft_wrapper(options) if peft_run else with_method)
-        model, tokenizer = setup.model, setup.tokenizer
-        trainable, total = parameter_counts(model)
-        callbacks = (StepReporter(), *((PeftRankAllocation(),) if peft_run and hasattr(
-            getattr(model, "base_model", None), "update_and_allocate") else ()))
-        progress, train_seconds = run_trainer(model, setup.dataset, DataCollatorWithPadding(tokenizer), options,
-                                              setup.learning_rate, callbacks=callbacks)
+    setup = setup_classifier(options, wrap=peft_wrapper(options) if peft_run else with_method)
+    model, tokenizer = setup.model, setup.tokenizer
+    trainable, total = parameter_counts(model)
+    callbacks = (StepReporter(), *((PeftRankAllocation(),) if peft_run and hasattr(
+        getattr(model, "base_model", None), "update_and_allocate") else ()))
+    progress, train_seconds = run_trainer(model, setup.dataset, DataCollatorWithPadding(tokenizer), options,
+                                          setup.learning_rate, callbacks=callbacks)
     peak_mib = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mib()
     device = next(model.parameters()).device
     with autocast(options):

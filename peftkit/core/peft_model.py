@@ -155,6 +155,17 @@ class PeftModel(nn.Module):
         self._check_new_name(adapter_name)
         self._inject(adapter_name, plan(self.base_model, config))
 
+    def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str,
+                             combination_type: str = "svd", svd_rank: int | None = None, density: float | None = None,
+                             majority_sign_method: str = "total") -> None:
+        """LoRA adapter arithmetic, as peft's: a new adapter from weighted existing ones (linear, cat, svd,
+        ties, dare_linear, dare_ties, magnitude_prune and their _svd forms; negative weights negate);
+        see ``peftkit/methods/lora_arithmetic.py``."""
+        from peftkit.methods.lora_arithmetic import add_weighted_adapter
+
+        add_weighted_adapter(self, adapters, weights, adapter_name, combination_type, svd_rank, density,
+                             majority_sign_method)
+
     def _check_new_name(self, adapter_name: str) -> None:
         if adapter_name in self.peft_config:
             raise ConfigError(f"adapter '{adapter_name}' already exists; delete it first or pick another name")
