@@ -373,6 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-length", type=int, help="tokens per example (default 128)")
     train.add_argument("--seed", type=int)
     train.add_argument("--output", help="adapter folder to write (default: peftkit-adapter)")
+    train.add_argument("--save-steps", type=int, metavar="N", help="checkpoint the trainable state, optimizer, "
+                       "schedule and random state every N steps (in OUTPUT/checkpoints; removed when training ends)")
+    train.add_argument("--resume", action="store_true", default=None,
+                       help="continue from the newest checkpoint in OUTPUT/checkpoints (same options)")
     train.add_argument("--text-column")
     train.add_argument("--text-pair-column")
     train.add_argument("--label-column")

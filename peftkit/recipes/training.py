@@ -8,6 +8,7 @@ time.
 from __future__ import annotations
 
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -21,6 +22,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from peftkit.core.checkpoint import CONFIG_NAME, read_json
 from peftkit.core.errors import CheckpointError, ConfigError
+from peftkit.recipes.checkpoints import TrainingCheckpoints, last_checkpoint
 from peftkit.core.peft_model import PeftModel, get_peft_model
 from peftkit.core.quantization import quantize_nf4
 from peftkit.core.registry import method_by_name
@@ -42,6 +44,7 @@ FULL_FINE_TUNING = "full"
 # Methods that are another method on a quantised base model: name -> (adapter method, base quantisation).
 QUANTIZED_METHODS = {"qlora": ("lora", "nf4")}
 TASK_FILE = "peftkit_task.json"
+CHECKPOINTS = "checkpoints"  # the sub-folder of the output that holds training checkpoints
 
 
 @dataclass
@@ -74,6 +77,8 @@ class TrainOptions:
     shots: int = 16  # LiST: labelled examples per class
     unlabelled: int | None = 1000  # LiST: unlabelled texts (None: all the others)
     rounds: int = 2  # LiST: self-training rounds
+    save_steps: int | None = None  # checkpoint the trainable state every N steps (OUTPUT/checkpoints)
+    resume: bool = False  # continue from the newest checkpoint in OUTPUT/checkpoints
 
 
 @dataclass
@@ -218,9 +223,10 @@ def autocast(options: TrainOptions):
     return torch.autocast(device, dtype=torch.bfloat16, enabled=options.bf16)
 
 
-class ObjectiveTrainer(Trainer):
+class ObjectiveTrainer(TrainingCheckpoints, Trainer):
     """transformers' Trainer adding the terms of peftkit objectives (``peftkit/objectives``: each has
-    ``loss()`` for the last forward pass) to the task loss."""
+    ``loss()`` for the last forward pass) to the task loss, with crash-safe checkpoints of the trainable
+    state and a stop on a NaN / inf loss (``recipes/checkpoints.py``)."""
 
     objectives: tuple = ()
 
@@ -228,6 +234,7 @@ class ObjectiveTrainer(Trainer):
         loss, outputs = self.task_loss(model, inputs, num_items_in_batch)
         for objective in self.objectives:
             loss = loss + objective.loss().to(loss.device)
+        self.check_finite(loss)
         return (loss, outputs) if return_outputs else loss
 
     def task_loss(self, model, inputs, num_items_in_batch):
@@ -247,13 +254,18 @@ def run_trainer(model, dataset, collator, options: TrainOptions, learning_rate: 
     progress = ProgressBar()
     allocation_callbacks, allocation_objectives = allocation_parts(model)
     objectives = (*objectives, *allocation_objectives)
+    checkpoints = Path(options.output) / CHECKPOINTS
+    resume_from = last_checkpoint(checkpoints) if options.resume else None
+    if options.resume and resume_from is None:
+        raise CheckpointError(f"--resume: no checkpoint in {checkpoints} to continue from")
     with tempfile.TemporaryDirectory(prefix="peftkit-trainer-") as scratch:
         arguments = TrainingArguments(
-            output_dir=scratch, num_train_epochs=options.epochs, max_steps=options.max_steps or -1,
-            learning_rate=learning_rate, per_device_train_batch_size=options.batch_size, warmup_steps=0.06,
-            lr_scheduler_type="linear", weight_decay=0.0, logging_steps=10, save_strategy="no", report_to="none",
-            disable_tqdm=True, seed=options.seed, remove_unused_columns=False, bf16=options.bf16,
-            use_cpu=not torch.cuda.is_available(),
+            output_dir=str(checkpoints) if options.save_steps else scratch, num_train_epochs=options.epochs,
+            max_steps=options.max_steps or -1, learning_rate=learning_rate,
+            per_device_train_batch_size=options.batch_size, warmup_steps=0.06, lr_scheduler_type="linear",
+            weight_decay=0.0, logging_steps=10, save_strategy="steps" if options.save_steps else "no",
+            save_steps=options.save_steps or 500, save_total_limit=2, report_to="none", disable_tqdm=True,
+            seed=options.seed, remove_unused_columns=False, bf16=options.bf16, use_cpu=not torch.cuda.is_available(),
         )
         trainer = trainer_cls(model=model, args=arguments, train_dataset=dataset, data_collator=collator,
                               callbacks=[progress, *allocation_callbacks, *callbacks])
@@ -262,8 +274,12 @@ def run_trainer(model, dataset, collator, options: TrainOptions, learning_rate: 
         trainer.remove_callback(PrinterCallback)
         started = time.perf_counter()
         try:
-            trainer.train()
+            trainer.train(resume_from_checkpoint=resume_from)
         finally:
             for objective in objectives:
                 objective.remove()
+            if progress.bar is not None:
+                progress.bar.close()  # before an error's message (closing twice is harmless)
+        if options.save_steps or options.resume:
+            shutil.rmtree(checkpoints, ignore_errors=True)  # finished: the caller saves the result
         return progress, time.perf_counter() - started
