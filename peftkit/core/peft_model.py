@@ -40,6 +40,7 @@ from peftkit.core.config import PeftConfig
 from peftkit.core.errors import CheckpointError, ConfigError
 from peftkit.core.layer import AdapterLayer, output_width
 from peftkit.core.lean import disable_lean_training, enable_lean_training
+from peftkit.core.mixed_batch import BASE_MODEL, MixedBatch
 from peftkit.core.modules_to_save import ModuleCopies, ModulesToSave
 from peftkit.core.prompt import SAVED_KEY, PromptAdapter
 from peftkit.core.registry import method_by_peft_type
@@ -106,7 +107,12 @@ class PeftModel(nn.Module):
             raise TypeError("pass the model's inputs by keyword (input_ids may come first)")
         return {"input_ids": args[0], **kwargs} if args else dict(kwargs)
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args, adapter_names: list[str] | None = None, **kwargs):
+        """The base model's forward through the active adapter(s); with ``adapter_names`` (one per row of
+        the batch, ``"__base__"`` for none) each row goes through its own adapter (``core/mixed_batch.py``)."""
+        if adapter_names is not None:
+            with self._mixed_batch(adapter_names, self._keywords(args, kwargs)):
+                return self.base_model(*args, **kwargs)
         prompt = self._active_prompt()
         if isinstance(self.active_composition, Parallel) and not self.prompts_disabled:
             kwargs = repeat_batch(self._keywords(args, kwargs), len(self.active_composition.names))
@@ -115,11 +121,17 @@ class PeftModel(nn.Module):
             return self.base_model(*args, **kwargs)
         return self.base_model(**prompt.prepare(self.base_model, self._keywords(args, kwargs)))
 
-    def generate(self, *args, **kwargs):
-        """The base model's ``generate``, with the active prompt adapter's virtual tokens or prefix.
+    def generate(self, *args, adapter_names: list[str] | None = None, **kwargs):
+        """The base model's ``generate``, with the active prompt adapter's virtual tokens or prefix, or with
+        ``adapter_names`` one adapter per row (each row's beams and returned sequences use its adapter).
 
         Output as the base model's: for a decoder, the input ids followed by the new tokens.
         """
+        if adapter_names is not None:
+            copies = max(kwargs.get("num_beams", 1), kwargs.get("num_return_sequences", 1))
+            rows = [name for name in adapter_names for _ in range(copies)]
+            with self._mixed_batch(rows, self._keywords(args, kwargs), expanded=copies):
+                return self.base_model.generate(*args, **kwargs)
         prompt = self._active_prompt()
         if prompt is None:
             return self.base_model.generate(*args, **kwargs)
@@ -131,6 +143,33 @@ class PeftModel(nn.Module):
         if input_ids is not None and decoder_only and "input_ids" not in prepared:  # generated from embeddings
             output = torch.cat([input_ids, output], dim=1)
         return output
+
+    @contextlib.contextmanager
+    def _mixed_batch(self, names: list[str], inputs: dict, expanded: int = 1):
+        """Every adapter layer runs a ``MixedBatch`` of ``names`` while the block runs."""
+        names = list(names)
+        batch = next((v.shape[0] for v in inputs.values() if isinstance(v, torch.Tensor) and v.dim() > 0), None)
+        if batch is not None and batch * expanded != len(names):
+            raise ConfigError(f"adapter_names has {len(names) // expanded} entries, but the batch has {batch} rows")
+        for name in dict.fromkeys(names):
+            if name == BASE_MODEL:
+                continue
+            self._require(name)
+            if name in self.prompt_adapters:
+                raise ConfigError(f"adapter '{name}' is prompt learning: it changes the input length, so it cannot "
+                                  f"share a batch with other adapters")
+        if self._merged():
+            raise ConfigError("adapter_names needs the adapters unmerged; call unmerge_adapter() first")
+        device = next(self.parameters()).device
+        mixed = MixedBatch(names, device)
+        saved = [(layer, layer.active_adapters, layer.composition) for _, layer in self.adapter_layers()]
+        for layer, _, _ in saved:
+            layer.active_adapters, layer.composition = list(mixed.names), mixed
+        try:
+            yield mixed
+        finally:
+            for layer, active, composition in saved:
+                layer.active_adapters, layer.composition = active, composition
 
     @property
     def accepts_loss_kwargs(self) -> bool:

@@ -47,6 +47,7 @@ from peftkit.core.errors import ConfigError
 from peftkit.core.layer import AdapterLayer
 from peftkit.core.lean import kept_form, rebuilt
 from peftkit.core.lean_ops import dropped_positions
+from peftkit.core.mixed_batch import put, take
 from peftkit.core.quantization import dequantized
 from peftkit.core.registry import Method, register_method
 
@@ -374,6 +375,20 @@ class LoraLinear(_LoraLayer):
                 result = update.to(result.dtype).add_(result)  # reuses the fresh update's buffer
             else:
                 result = torch.add(result, lora_B(lora_A(lora_x)).to(result.dtype), alpha=self.scaling[name])
+        return result
+
+    def apply_mixed(self, groups: list, x: torch.Tensor, *args, **kwargs) -> torch.Tensor | None:
+        """A mixed batch (``core/mixed_batch.py``): the base output once, each group's update on its rows.
+        None (run each group on its own) when another adapter layer is nested inside or a group is DoRA."""
+        if isinstance(self.base_layer, AdapterLayer) or any(n in self.lora_magnitude_vector for n, _ in groups):
+            return None
+        result = self.base_layer(x, *args, **kwargs)
+        for name, rows in groups:
+            if name is None:
+                continue
+            lora_A, lora_B, dropout = self.lora_A[name], self.lora_B[name], self.lora_dropout[name]
+            update = lora_B(lora_A(dropout(take(x, rows).to(lora_A.weight.dtype))))
+            put(result, rows, update.mul_(self.scaling[name]).to(result.dtype), add=True)
         return result
 
     def _dora_extra(self, name: str, x: torch.Tensor, base_out: torch.Tensor | None, update: torch.Tensor):

@@ -1,0 +1,90 @@
+"""Many adapters in one batch: each row of the batch names its own adapter (``adapter_names=[...]``).
+
+``PeftModel.forward(..., adapter_names=names)`` and ``generate(..., adapter_names=names)`` (peft's API;
+``"__base__"`` for the model without adapters) group the rows by adapter once per call, as contiguous
+slices where the rows of an adapter are contiguous and index tensors otherwise, and set a
+``MixedBatch`` on every adapter layer for the call. A LoRA layer then computes the base output once for
+the whole batch and adds each group's low-rank update to its rows (``LoraLinear.apply_mixed``): the
+extra work is the per-adapter products on their own rows, not a pass per adapter. Any other layer runs
+each group's rows through its adapter (``apply_adapters([name], x[rows])``) and puts the outputs back in
+order — right for every method that acts on each row on its own. Prompt-learning adapters change the
+input length, so they cannot take part.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from peftkit.core.errors import ConfigError
+from peftkit.core.layer import AdapterLayer
+
+BASE_MODEL = "__base__"  # the row goes through the model without adapters
+
+
+def row_groups(names: list[str], device: torch.device) -> list[tuple[str, slice | torch.Tensor]]:
+    """(adapter, its rows) in order of first appearance; rows a slice when contiguous."""
+    positions: dict[str, list[int]] = {}
+    for row, name in enumerate(names):
+        positions.setdefault(name, []).append(row)
+    groups = []
+    for name, rows in positions.items():
+        if rows[-1] - rows[0] + 1 == len(rows):
+            groups.append((name, slice(rows[0], rows[-1] + 1)))
+        else:
+            groups.append((name, torch.tensor(rows, device=device)))
+    return groups
+
+
+def holds(layer, name: str) -> bool:
+    """Whether the layer, or an adapter layer nested inside it, holds the adapter."""
+    while isinstance(layer, AdapterLayer):
+        if layer.has_adapter(name):
+            return True
+        layer = layer.base_layer
+    return False
+
+
+def take(tensor: torch.Tensor, rows: slice | torch.Tensor) -> torch.Tensor:
+    return tensor[rows] if isinstance(rows, slice) else tensor.index_select(0, rows)
+
+
+def put(result: torch.Tensor, rows: slice | torch.Tensor, values: torch.Tensor, add: bool = False) -> torch.Tensor:
+    """Write (or add) ``values`` into ``result``'s ``rows``; returns ``result``."""
+    if isinstance(rows, slice):
+        if add:
+            result[rows] += values
+        else:
+            result[rows] = values
+        return result
+    return result.index_add_(0, rows, values) if add else result.index_copy_(0, rows, values)
+
+
+class MixedBatch:
+    """The layers' composition during a mixed-adapter call."""
+
+    kind = "mixed_batch"
+
+    def __init__(self, names: list[str], device: torch.device) -> None:
+        self.batch = len(names)
+        self.groups = row_groups(names, device)
+        self.names = tuple(name for name, _ in self.groups if name != BASE_MODEL)
+
+    def run(self, layer, args: tuple, kwargs: dict):
+        x, rest = args[0], args[1:]
+        if x.shape[0] != self.batch:
+            raise ConfigError(f"adapter_names has {self.batch} entries, but the batch has {x.shape[0]} rows")
+        groups = [(name if name != BASE_MODEL and holds(layer, name) else None, rows) for name, rows in self.groups]
+        if all(name is None for name, _ in groups):
+            return layer.apply_adapters([], *args, **kwargs)
+        mixed = getattr(layer, "apply_mixed", None)
+        if mixed is not None:
+            output = mixed(groups, *args, **kwargs)
+            if output is not None:
+                return output
+        result = None
+        for name, rows in groups:
+            output = layer.apply_adapters([name] if name else [], take(x, rows), *rest, **kwargs)
+            if result is None:
+                result = output.new_empty((self.batch, *output.shape[1:]))
+            put(result, rows, output)
+        return result
