@@ -607,6 +607,30 @@ class PeftModel(nn.Module):
                 if key != SAVED_KEY:
                     live[key].copy_(tensor.to(live[key].dtype))
 
+    def hotswap_adapter(self, model_id: str | Path, adapter_name: str = "default") -> None:
+        """Put the weights saved in ``model_id`` into the loaded adapter ``adapter_name`` in place: no module is
+        created or replaced, so references to the model (and compiled graphs) stay valid. The saved adapter must
+        be the same method with tensors of the same keys and shapes; its scaling (LoRA's alpha) may differ. A
+        mismatch is an error that changes nothing."""
+        current = self._require(adapter_name)
+        if any(adapter_name in layer.merged_adapters for _, layer in self.adapter_layers()):
+            raise ConfigError(f"adapter '{adapter_name}' is merged; unmerge it before hot-swapping its weights")
+        raw = read_adapter_config(model_id)
+        if raw["peft_type"] != current.peft_type:
+            raise CheckpointError(f"{model_id}: a {raw['peft_type']} adapter; '{adapter_name}' is {current.peft_type}")
+        config = type(current).from_saved(raw, source=str(Path(model_id) / CONFIG_NAME))
+        tensors, path = read_adapter_weights(model_id)
+        live = self._adapter_tensors(adapter_name)
+        check_tensors(path, tensors, {key: tuple(t.shape) for key, t in live.items()}, {})
+        with torch.no_grad():
+            for key, tensor in tensors.items():
+                live[key].copy_(tensor.to(live[key].dtype))
+        for path_name, layer in self.adapter_layers():
+            if hasattr(config, "scaling_for") and adapter_name in getattr(layer, "scaling", {}):
+                layer.scaling[adapter_name] = config.scaling_for(path_name)
+        config.target_modules, config.inference_mode = current.target_modules, current.inference_mode
+        self.peft_config[adapter_name] = config
+
     def load_prompt(self, model_id: str | Path, adapter_name: str = "default") -> None:
         """Start the prompt-learning adapter ``adapter_name`` from the virtual tokens saved in ``model_id``
         (prompt transfer: a source task's trained prompt initialises the target's); the rest of that folder
