@@ -133,7 +133,10 @@ def pet_pattern(options):
 
 def _print_summary(options, result) -> None:
     from peftkit.core.pretrained import display_name
+    from peftkit.recipes.training import is_main_process
 
+    if not is_main_process():
+        return
     model_name = display_name(result.model_dir)
     data_name = options.train or ("SST-2 as a chat instruction (bundled)" if options.task == "causal-lm"
                                   else "SST-2 (bundled)")

@@ -21,14 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from peftkit.bench.memory import peak_rss_mib
-from peftkit.core.checkpoint import write_json
 from peftkit.core.peft_model import PeftModel
 from peftkit.core.pretrained import load_causal_lm, resolve_causal_lm_dir
 from peftkit.recipes.training import (
     FULL_FINE_TUNING,
     LEARNING_RATES,
     ObjectiveTrainer,
-    TASK_FILE,
     TrainOptions,
     TrainResult,
     autocast,
@@ -36,6 +34,7 @@ from peftkit.recipes.training import (
     parameter_counts,
     recipe_config,
     run_trainer,
+    save_result,
     split_rows,
     with_method,
 )
@@ -176,11 +175,9 @@ def train_causal_lm(options: TrainOptions) -> TrainResult:
     with autocast(options):
         eval_loss, correct, candidates = score_answers(peft_model, tokenizer, eval_examples, options.max_length)
     output = Path(options.output)
-    peft_model.save_pretrained(output)
-    if options.method == FULL_FINE_TUNING:
-        tokenizer.save_pretrained(output)  # a whole model folder
-    write_json(output / TASK_FILE, {"task": "causal-lm", "max_length": options.max_length,
-                                    "base_quantization": quantization})
+    save_result(peft_model, output, {"task": "causal-lm", "max_length": options.max_length,
+                                     "base_quantization": quantization},
+                tokenizer=tokenizer if options.method == FULL_FINE_TUNING else None)  # full: a whole model folder
     return TrainResult(
         method=options.method, model_dir=model_dir, train_examples=len(train_examples),
         eval_examples=len(eval_examples), labels=candidates or [], trainable_parameters=trainable,

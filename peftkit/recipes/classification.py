@@ -16,12 +16,10 @@ import torch
 from transformers import DataCollatorWithPadding
 
 from peftkit.bench.memory import peak_rss_mib
-from peftkit.core.checkpoint import write_json
 from peftkit.core.errors import ConfigError
 from peftkit.core.pretrained import load_sequence_classifier, resolve_model_dir
 from peftkit.recipes.training import (
     LEARNING_RATES,
-    TASK_FILE,
     TrainOptions,
     TrainResult,
     autocast,
@@ -29,6 +27,7 @@ from peftkit.recipes.training import (
     parameter_counts,
     recipe_config,
     run_trainer,
+    save_result,
     split_rows,
     with_method,
 )
@@ -118,8 +117,7 @@ def train_classifier(options: TrainOptions) -> TrainResult:
     with autocast(options):
         correct = count_correct(peft_model, tokenizer, eval_encoded)
     output = Path(options.output)
-    peft_model.save_pretrained(output)  # full fine-tuning: the whole model, in transformers' format
-    write_json(output / TASK_FILE, {
+    save_result(peft_model, output, {  # full fine-tuning: the whole model, in transformers' format
         "task": "text-classification", "labels": data.labels.names, "text_column": data.columns.text,
         "text_pair_column": data.columns.text_pair, "label_column": data.columns.label,
         "max_length": options.max_length, "base_quantization": setup.quantization,

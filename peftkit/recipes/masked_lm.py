@@ -29,7 +29,7 @@ from peftkit.core.errors import ConfigError, DataError
 from peftkit.core.peft_model import PeftModel
 from peftkit.core.pretrained import head_parameters, load_masked_lm, output_heads, resolve_model_dir
 from peftkit.objectives.self_evolution import SelfEvolution
-from peftkit.recipes.training import (LEARNING_RATES, ObjectiveTrainer, TrainOptions, TrainResult,
+from peftkit.recipes.training import (LEARNING_RATES, ObjectiveTrainer, TrainOptions, TrainResult, is_main_process,
                                       parameter_counts, recipe_config, run_trainer, split_rows, with_method)
 from peftkit.tasks.classification import TEXT_COLUMNS
 from peftkit.tasks.data import read_rows
@@ -180,11 +180,12 @@ def train_masked_lm(options: TrainOptions, objective: str = "mlm") -> TrainResul
                                               learning_rate, trainer_cls=trainer_cls)
     after = held_out_loss(trained, tokenizer, evaluation)
     output = Path(options.output)
-    if isinstance(trained, PeftModel):
-        trained.save_pretrained(output / "adapter")
-        model = trained.merge_and_unload()
-    model.save_pretrained(output)
-    tokenizer.save_pretrained(output)
+    if is_main_process():
+        if isinstance(trained, PeftModel):
+            trained.save_pretrained(output / "adapter")
+            model = trained.merge_and_unload()
+        model.save_pretrained(output)
+        tokenizer.save_pretrained(output)
     return TrainResult(
         method=options.method, model_dir=model_dir, train_examples=len(train), eval_examples=len(evaluation),
         labels=[], trainable_parameters=trainable, total_parameters=total, accuracy=None, correct=0,

@@ -27,10 +27,9 @@ from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from peftkit.bench.memory import peak_rss_mib
-from peftkit.core.checkpoint import write_json
 from peftkit.core.errors import ConfigError
-from peftkit.recipes.training import (LEARNING_RATES, TASK_FILE, TrainOptions, TrainResult, parameter_counts,
-                                      recipe_config, run_trainer, with_method)
+from peftkit.recipes.training import (LEARNING_RATES, TrainOptions, TrainResult, parameter_counts, recipe_config,
+                                      run_trainer, save_result, with_method)
 
 FIELDS = re.compile(r"\{(text|text_pair|mask)\}")
 
@@ -223,8 +222,7 @@ def train_pet(options: TrainOptions, pattern: Pattern) -> TrainResult:
     predicted = cloze_predictions(classifier, evaluation, pad).argmax(-1)
     correct = int((predicted == torch.tensor(data.eval.labels)).sum())
     output = Path(options.output)
-    peft_model.save_pretrained(output)
-    write_json(output / TASK_FILE, {"task": "pet", "labels": data.labels.names, "template": pattern.template,
+    save_result(peft_model, output, {"task": "pet", "labels": data.labels.names, "template": pattern.template,
                                     "verbalizer": pattern.verbalizer, "causal": causal,
                                     "max_length": options.max_length})
     return TrainResult(

@@ -15,11 +15,10 @@ import torch
 from transformers import DataCollatorForTokenClassification
 
 from peftkit.bench.memory import peak_rss_mib
-from peftkit.core.checkpoint import write_json
 from peftkit.core.errors import ConfigError
 from peftkit.core.pretrained import load_token_classifier, resolve_model_dir
-from peftkit.recipes.training import (LEARNING_RATES, TASK_FILE, TrainOptions, TrainResult, autocast,
-                                      parameter_counts, recipe_config, run_trainer, split_rows, with_method)
+from peftkit.recipes.training import (LEARNING_RATES, TrainOptions, TrainResult, autocast, parameter_counts,
+                                      recipe_config, run_trainer, save_result, split_rows, with_method)
 from peftkit.tasks.classification import LabelSet
 from peftkit.tasks.data import read_rows
 from peftkit.tasks.tagging import (EntityScores, TaggedExamples, entity_scores, find_tag_columns, load_tagged,
@@ -105,8 +104,7 @@ def train_tagger(options: TrainOptions) -> TaggerRun:
         predicted = predict_tags(peft_model, tokenizer, evaluation, data.eval.words, data.tags.names)
     scores = entity_scores([[data.tags.names[t] for t in row] for row in data.eval.tags], predicted)
     output = Path(options.output)
-    peft_model.save_pretrained(output)
-    write_json(output / TASK_FILE, {"task": TASK, "labels": data.tags.names, "text_column": data.columns[0],
+    save_result(peft_model, output, {"task": TASK, "labels": data.tags.names, "text_column": data.columns[0],
                                     "label_column": data.columns[1], "max_length": options.max_length,
                                     "base_quantization": quantization})
     result = TrainResult(

@@ -7,6 +7,7 @@ time.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import sys
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from peftkit.core.checkpoint import CONFIG_NAME, read_json
+from peftkit.core.checkpoint import CONFIG_NAME, read_json, write_json
 from peftkit.core.errors import CheckpointError, ConfigError
 from peftkit.recipes.checkpoints import TrainingCheckpoints, last_checkpoint
 from peftkit.core.peft_model import PeftModel, get_peft_model
@@ -116,7 +117,7 @@ class ProgressBar(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         interactive = sys.stderr.isatty()
         self.bar = tqdm(total=state.max_steps, desc="training", unit="step", dynamic_ncols=True, file=sys.stderr,
-                        mininterval=0.5 if interactive else 15)
+                        mininterval=0.5 if interactive else 15, disable=not is_main_process())
         self._last = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -132,6 +133,22 @@ class ProgressBar(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.bar.close()
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a ``torchrun`` / ``accelerate launch`` run, or a single process: the one that writes files
+    and prints; the others train their share of each batch (transformers' Trainer runs DDP under them)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def save_result(model: torch.nn.Module, output: Path, task: dict, tokenizer=None) -> None:
+    """The trained adapter (or whole model) and its task file, written by the main process only."""
+    if not is_main_process():
+        return
+    model.save_pretrained(output)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(output)
+    write_json(output / TASK_FILE, task)
 
 
 def split_rows(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -229,6 +246,13 @@ class ObjectiveTrainer(TrainingCheckpoints, Trainer):
     state and a stop on a NaN / inf loss (``recipes/checkpoints.py``)."""
 
     objectives: tuple = ()
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Each process's loss is its own batch's mean, which DDP averages into the global batch's. (Trainer
+        # would otherwise pass num_items_in_batch and scale the loss by the number of processes, which is only
+        # right for models whose loss divides by it; classification losses do not.)
+        self.model_accepts_loss_kwargs = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = self.task_loss(model, inputs, num_items_in_batch)
