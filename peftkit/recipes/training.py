@@ -23,10 +23,10 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from peftkit.core.checkpoint import CONFIG_NAME, read_json, write_json
 from peftkit.core.errors import CheckpointError, ConfigError
-from peftkit.recipes.checkpoints import TrainingCheckpoints, last_checkpoint
 from peftkit.core.peft_model import PeftModel, get_peft_model
 from peftkit.core.quantization import quantize_nf4
 from peftkit.core.registry import method_by_name
+from peftkit.recipes.checkpoints import TrainingCheckpoints, last_checkpoint
 
 # Method settings used by `peftkit train` unless the user sets them (LoRA on every linear layer).
 METHOD_DEFAULTS = {
@@ -269,7 +269,8 @@ class ObjectiveTrainer(TrainingCheckpoints, Trainer):
 def run_trainer(model, dataset, collator, options: TrainOptions, learning_rate: float,
                 trainer_cls: type[ObjectiveTrainer] = ObjectiveTrainer, objectives: tuple = (),
                 callbacks: tuple = ()) -> tuple[ProgressBar, float]:
-    """Train on transformers' Trainer (linear schedule, 6 % warm-up, no checkpoints), adding the
+    """Train on transformers' Trainer (linear schedule, 6 % warm-up; checkpoints every ``options.save_steps``
+    in OUTPUT/checkpoints, removed at the end; ``options.resume`` continues from the newest), adding the
     ``objectives``' terms to the loss (their hooks are removed when training ends), a rank-allocating
     method's allocator and orthogonality term (AdaLoRA, IncreLoRA) and any other Trainer ``callbacks``;
     (progress, seconds)."""
