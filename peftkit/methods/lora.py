@@ -373,6 +373,8 @@ class LoraLinear(_LoraLayer):
             elif self.training and isinstance(dropout, nn.Dropout):
                 update = DroppedLowRank.apply(lora_x, lora_A.weight, lora_B.weight, self.scaling[name], dropout.p)
                 result = update.to(result.dtype).add_(result)  # reuses the fresh update's buffer
+            elif not torch.is_grad_enabled():  # inference: into the base output's fresh buffer
+                result = result.add_(lora_B(lora_A(lora_x)).to(result.dtype), alpha=self.scaling[name])
             else:
                 result = torch.add(result, lora_B(lora_A(lora_x)).to(result.dtype), alpha=self.scaling[name])
         return result
