@@ -37,15 +37,9 @@ def _option_pairs(pairs: list[str]) -> dict:
 
 
 def _read_config_file(path: str) -> dict:
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        values = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML/JSON ({str(exc).splitlines()[0]})") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a mapping of option names to values")
+    from peftkit.core.yaml_files import read_yaml_mapping
+
+    values = read_yaml_mapping(path, "config", "a mapping of option names to values")
     return {key.replace("-", "_"): value for key, value in values.items()}
 
 

@@ -19,9 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from peftkit.core.errors import ConfigError
+from peftkit.core.yaml_files import read_yaml_mapping
 from peftkit.recipes.training import FULL_FINE_TUNING, QUANTIZED_METHODS
 
 # Variants benched as rows of their own: name -> (method, the options that make it).
@@ -51,15 +50,8 @@ def default_methods() -> list[str]:
 
 def read_method_options(path: str | Path) -> dict[str, list[dict]]:
     """The YAML file's option sets per method name."""
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"{path}: method options file not found")
-    try:
-        values = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected method names mapped to options (or to a list of option sets)")
+    values = read_yaml_mapping(path, "method options",
+                               "method names mapped to options (or to a list of option sets)")
     sets = {}
     for method, options in values.items():
         options = [{}] if options is None else options if isinstance(options, list) else [options]
