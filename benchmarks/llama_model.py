@@ -2,7 +2,9 @@
 TinyLlama shape (22 layers, hidden 2048, grouped-query attention) with the bundled MiniLM's WordPiece
 tokenizer (vocabulary 30,522; [PAD] is the padding token the classification head needs).
 
-Usage: python benchmarks/llama_model.py --output DIR [--tiny]   (--tiny: 2 layers, hidden 64, for a CPU check)
+Usage: python benchmarks/llama_model.py --output DIR [--tiny] [--tokenizer DIR]
+(--tiny: 2 layers, hidden 64, for a CPU check; --tokenizer: a folder holding MiniLM's tokenizer files, for a
+machine without the bundled model package)
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--output", required=True)
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--tokenizer")
     args = parser.parse_args()
-    tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir())
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or bundled_model_dir())
     config = LlamaConfig(**(TINY if args.tiny else TINYLLAMA), vocab_size=len(tokenizer), max_position_embeddings=2048,
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
                          eos_token_id=tokenizer.sep_token_id, tie_word_embeddings=False)
