@@ -132,6 +132,7 @@ def main() -> None:
             print(f"{setup}: failed: {done.stderr.strip().splitlines()[-1]}", file=sys.stderr)
             continue
         rows[setup] = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"{setup}: {json.dumps(rows[setup])}", flush=True)
     reference = rows.get("peft")
     print(f"{'tiny CPU check' if args.tiny else 'TinyLlama-shaped 1.1B, bf16'}, batch {args.batch} x {length}, "
           f"LoRA r=16 on {len(PROJECTIONS)} projections, AdamW; median of {args.steps} steps")

@@ -1,7 +1,9 @@
 """Many LoRA adapters in one batch: peftkit against Hugging Face peft, same model and batch, one run.
 
 A Llama-style config with random weights (hidden 512, 4 layers, 8 heads, feed-forward 1408, vocabulary
-32,000), a batch of 32 × 128 random tokens, 8 LoRA adapters (r = 16, every linear projection, random B).
+32,000), a batch of 32 × 128 random tokens, 8 LoRA adapters (r = 16, every linear projection, random A and B).
+Both implementations get the same adapter weights (drawn per parameter name); peft keeps them in float32
+under a bfloat16 model (its ``autocast_adapter_dtype``), peftkit in the model's dtype.
 Timed (eval mode, no gradients, median over ``--rounds`` interleaved rounds): the plain model (base), the
 batch through one unmerged adapter (single), and each row through its own adapter, 4 rows per adapter in
 shuffled order (mixed, ``adapter_names=``), for peftkit and peft. Ratios mixed / single and single / base.
@@ -18,6 +20,7 @@ import os
 import random
 import statistics
 import time
+import zlib
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -47,11 +50,13 @@ def build(implementation: str, shape: dict, device: str, dtype):
     model = library.get_peft_model(base, library.LoraConfig(**settings), adapter_name="adapter0")
     for index in range(1, ADAPTERS):
         model.add_adapter(f"adapter{index}", library.LoraConfig(**settings))
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
+    with torch.no_grad():  # the same A and B in both implementations, whatever their dtype and init
         for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.copy_(0.01 * torch.randn(parameter.shape, generator=generator))
+            if "lora_" in name:
+                key = name[name.index("layers."):]
+                generator = torch.Generator().manual_seed(zlib.crc32(key.encode()))
+                std = 0.01 if "lora_B" in name else parameter.shape[1] ** -0.5
+                parameter.copy_(std * torch.randn(parameter.shape, generator=generator))
     model.set_adapter("adapter0")
     return model.eval()
 

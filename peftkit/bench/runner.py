@@ -130,12 +130,16 @@ def worker_environment(settings: BenchSettings) -> dict:
     return env
 
 
-def unknown_method(row: BenchRow) -> str | None:
-    """Why the row's method does not exist, or None: such a row needs no worker."""
+def not_runnable(job: Job) -> str | None:
+    """Why the job cannot run (its method does not exist, or peft has no such form), or None: such a job
+    needs no worker."""
     from peftkit.core.registry import method_by_name
 
-    if row.method == FULL_FINE_TUNING:
+    if job.row.method == FULL_FINE_TUNING:
         return None
+    row = job.row
+    if job.implementation == PEFT and row.method in QUANTIZED_METHODS:
+        return "peft's QLoRA quantises with bitsandbytes, which peftkit does not install; not compared"
     try:
         method_by_name(QUANTIZED_METHODS.get(row.method, (row.method,))[0])
     except ConfigError as exc:
@@ -146,7 +150,7 @@ def unknown_method(row: BenchRow) -> str | None:
 def run_job(job: Job, settings: BenchSettings, log: Path, steps: tqdm) -> dict:
     """Run one job in a worker process, following its steps on ``steps``; its record."""
     started = time.perf_counter()
-    result = {"error": reason} if (reason := unknown_method(job.row)) else None
+    result = {"error": reason} if (reason := not_runnable(job)) else None
     if result is None:
         result = _run_worker(job, settings, log, steps)
     return {"row": job.row.label, "method": job.row.method, "options": job.row.options, "seed": job.seed,

@@ -17,8 +17,7 @@ from peftkit.bench.measure import activation_bytes, forward_seconds, merged_copy
 from peftkit.bench.memory import peak_rss_mib
 from peftkit.core.errors import ConfigError, PeftkitError
 from peftkit.recipes.classification import count_correct, load_task_data, setup_classifier
-from peftkit.recipes.training import (QUANTIZED_METHODS, TrainOptions, autocast, parameter_counts, run_trainer,
-                                      with_method)
+from peftkit.recipes.training import TrainOptions, autocast, parameter_counts, run_trainer, with_method
 
 PEFT = "peft"  # the implementation name of Hugging Face peft's runs
 
@@ -54,8 +53,6 @@ def peft_wrapper(options: TrainOptions):
 
         if config is None:
             return model, None
-        if method in QUANTIZED_METHODS:
-            raise ConfigError("peft's QLoRA quantises with bitsandbytes, which needs CUDA; not compared")
         if not method_for_config(config).peft_reads:
             raise ConfigError(f"Hugging Face peft has no {method}")
         values = config.to_dict()

@@ -4,8 +4,9 @@
 ``"__base__"`` for the model without adapters) group the rows by adapter once per call, as contiguous
 slices where the rows of an adapter are contiguous and index tensors otherwise, and set a
 ``MixedBatch`` on every adapter layer for the call. A LoRA layer then computes the base output once for
-the whole batch and adds each group's low-rank update to its rows (``LoraLinear.apply_mixed``): the
-extra work is the per-adapter products on their own rows, not a pass per adapter. Any other layer runs
+the whole batch and adds every row's own low-rank update (``LoraLinear.apply_mixed``; without
+gradients in two batched products over the rows, ``methods/lora_mixed.py``): the extra work is each row's
+products with its own adapter, not a pass per adapter. Any other layer runs
 each group's rows through its adapter (``apply_adapters([name], x[rows])``) and puts the outputs back in
 order — right for every method that acts on each row on its own. Prompt-learning adapters change the
 input length, so they cannot take part.
@@ -68,6 +69,8 @@ class MixedBatch:
         self.batch = len(names)
         self.groups = row_groups(names, device)
         self.names = tuple(name for name, _ in self.groups if name != BASE_MODEL)
+        position = {name: index for index, (name, _) in enumerate(self.groups)}
+        self.group_of_row = torch.tensor([position[name] for name in names], device=device)
 
     def run(self, layer, args: tuple, kwargs: dict):
         x, rest = args[0], args[1:]
@@ -78,7 +81,7 @@ class MixedBatch:
             return layer.apply_adapters([], *args, **kwargs)
         mixed = getattr(layer, "apply_mixed", None)
         if mixed is not None:
-            output = mixed(groups, *args, **kwargs)
+            output = mixed(self, groups, *args, **kwargs)
             if output is not None:
                 return output
         result = None

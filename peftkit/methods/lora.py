@@ -50,6 +50,7 @@ from peftkit.core.lean_ops import dropped_positions
 from peftkit.core.mixed_batch import put, take
 from peftkit.core.quantization import dequantized
 from peftkit.core.registry import Method, register_method
+from peftkit.methods.lora_mixed import add_stacked_update, stacked_rows
 
 # Module names LoRA targets when a config leaves target_modules unset (peft's choices).
 LORA_DEFAULT_TARGETS = {
@@ -373,18 +374,28 @@ class LoraLinear(_LoraLayer):
             elif self.training and isinstance(dropout, nn.Dropout):
                 update = DroppedLowRank.apply(lora_x, lora_A.weight, lora_B.weight, self.scaling[name], dropout.p)
                 result = update.to(result.dtype).add_(result)  # reuses the fresh update's buffer
-            elif not torch.is_grad_enabled():  # inference: into the base output's fresh buffer
+            elif not torch.is_grad_enabled() and result.dtype == lora_B.weight.dtype and result.is_contiguous():
+                # inference: B·(A x) accumulated into the base output's fresh buffer by one matmul
+                down = lora_A(lora_x)
+                result.view(-1, result.shape[-1]).addmm_(down.view(-1, down.shape[-1]), lora_B.weight.t(),
+                                                         alpha=self.scaling[name])
+            elif not torch.is_grad_enabled():
                 result = result.add_(lora_B(lora_A(lora_x)).to(result.dtype), alpha=self.scaling[name])
             else:
                 result = torch.add(result, lora_B(lora_A(lora_x)).to(result.dtype), alpha=self.scaling[name])
         return result
 
-    def apply_mixed(self, groups: list, x: torch.Tensor, *args, **kwargs) -> torch.Tensor | None:
-        """A mixed batch (``core/mixed_batch.py``): the base output once, each group's update on its rows.
-        None (run each group on its own) when another adapter layer is nested inside or a group is DoRA."""
+    def apply_mixed(self, mixed, groups: list, x: torch.Tensor, *args, **kwargs) -> torch.Tensor | None:
+        """A mixed batch (``core/mixed_batch.py``): the base output once, then every row's own update —
+        in two batched products without gradients (``lora_mixed.py``), else group by group. None (run each
+        group on its own) when another adapter layer is nested inside or a group is DoRA."""
         if isinstance(self.base_layer, AdapterLayer) or any(n in self.lora_magnitude_vector for n, _ in groups):
             return None
         result = self.base_layer(x, *args, **kwargs)
+        if not torch.is_grad_enabled() and result.is_contiguous():
+            stacked = stacked_rows(self, [n for n, _ in groups], mixed.group_of_row, result.dtype)
+            if stacked is not None:
+                return add_stacked_update(result, x, *stacked)
         for name, rows in groups:
             if name is None:
                 continue

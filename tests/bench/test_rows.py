@@ -41,3 +41,14 @@ def test_bad_option_files_name_the_problem(tmp_path):
     twice.write_text("lora:\n  - {r: 4}\n  - {r: 4}\n")
     with pytest.raises(ConfigError, match="bench rows named twice: lora r=4"):
         bench_rows(["lora"], twice)
+
+
+def test_jobs_that_cannot_run_get_their_reason_without_a_worker():
+    from peftkit.bench.runner import PEFTKIT, Job, not_runnable
+    from peftkit.bench.worker import PEFT
+
+    qlora = BenchRow("qlora", "qlora")
+    assert not_runnable(Job(qlora, 42, PEFTKIT)) is None
+    assert "bitsandbytes" in not_runnable(Job(qlora, 42, PEFT))
+    assert not_runnable(Job(BenchRow("bogus", "bogus"), 42)).startswith("unknown method 'bogus'")
+    assert not_runnable(Job(BenchRow("full", "full"), 42)) is None

@@ -54,6 +54,33 @@ def test_each_row_gets_its_own_lora_adapter(names):
     assert all(layer.active_adapters == ["a"] and layer.composition is None for _, layer in model.adapter_layers())
 
 
+def test_same_rank_adapters_take_the_batched_products(monkeypatch):
+    """Equal ranks, unequal scalings, a base row: the rows' updates come from the two batched products
+    (once per adapted layer) and equal each row run alone."""
+    import peftkit.methods.lora as lora
+
+    model = None
+    for index, name in enumerate(("a", "b", "c", "d")):
+        config = peftkit.LoraConfig(r=4, lora_alpha=4 * (index + 1), target_modules="all-linear")
+        if model is None:
+            model = peftkit.get_peft_model(without_dropout(tiny_model("llama")), config, adapter_name=name)
+        else:
+            model.add_adapter(name, config)
+        model.set_adapter(name)
+        randomize_trainable(model, seed=index + 11)
+    model.set_adapter("a")
+    model.eval()
+    calls = []
+    original = lora.add_stacked_update
+    monkeypatch.setattr(lora, "add_stacked_update", lambda *args: calls.append(1) or original(*args))
+    names = ["d", "a", "__base__", "c", "b", "a", "d"]
+    batch = {"input_ids": tiny_batch(7)["input_ids"]}
+    with torch.no_grad():
+        mixed = model(**batch, adapter_names=names).logits
+    assert len(calls) == sum(1 for _, layer in model.adapter_layers() if isinstance(layer, lora.LoraLinear))
+    assert (mixed - one_by_one(model, batch, names)).abs().max() < 1e-5
+
+
 def test_rows_use_their_own_classification_head_and_other_methods():
     model = lora_model("bert", task_type="SEQ_CLS")
     model.add_adapter("ia", peftkit.IA3Config(target_modules=["key", "value", "output.dense"],
