@@ -308,7 +308,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     settings = BenchSettings(
         model=args.model, train=args.train, eval=args.eval, text_column=args.text_column,
         text_pair_column=args.text_pair_column, label_column=args.label_column,
-        epochs=args.epochs or 1.0, max_steps=None if args.epochs and not args.max_steps else args.max_steps or 60,
+        epochs=args.epochs or 1.0, max_steps=None if args.epochs and not args.max_steps else args.max_steps or 50,
         batch_size=args.batch_size, max_length=args.max_length,
         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"), bf16=args.bf16,
         threads=args.threads)
@@ -374,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "schedule and random state every N steps (in OUTPUT/checkpoints; removed when training ends)")
     train.add_argument("--resume", action="store_true", default=None,
                        help="continue from the newest checkpoint in OUTPUT/checkpoints (same options)")
+    train.add_argument("--gradient-checkpointing", action="store_true", default=None,
+                       help="recompute each layer's activations in backward (non-reentrant): less memory, more compute")
     train.add_argument("--text-column")
     train.add_argument("--text-pair-column")
     train.add_argument("--label-column")
@@ -436,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--text-column")
     bench.add_argument("--text-pair-column")
     bench.add_argument("--label-column")
-    bench.add_argument("--max-steps", type=int, help="optimizer steps per run (default 60 unless --epochs)")
+    bench.add_argument("--max-steps", type=int, help="optimizer steps per run (default 50 unless --epochs)")
     bench.add_argument("--epochs", type=float, help="epochs per run instead of --max-steps")
     bench.add_argument("--batch-size", type=int, default=32)
     bench.add_argument("--max-length", type=int, default=128)

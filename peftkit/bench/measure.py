@@ -34,7 +34,7 @@ def activation_bytes(model: torch.nn.Module, batch: dict) -> int:
 
 
 @torch.no_grad()
-def forward_seconds(model: torch.nn.Module, batch: dict, repeats: int = 5, warmup: int = 1) -> float:
+def forward_seconds(model: torch.nn.Module, batch: dict, repeats: int = 3, warmup: int = 1) -> float:
     """Median seconds of one forward pass in eval mode."""
     was_training = model.training
     model.eval()

@@ -42,7 +42,7 @@ class BenchSettings:
     text_pair_column: str | None = None
     label_column: str | None = None
     epochs: float = 1.0
-    max_steps: int | None = 60  # overrides epochs
+    max_steps: int | None = 50  # overrides epochs
     batch_size: int = 32
     max_length: int = 128
     device: str = "cpu"

@@ -80,6 +80,7 @@ class TrainOptions:
     rounds: int = 2  # LiST: self-training rounds
     save_steps: int | None = None  # checkpoint the trainable state every N steps (OUTPUT/checkpoints)
     resume: bool = False  # continue from the newest checkpoint in OUTPUT/checkpoints
+    gradient_checkpointing: bool = False  # recompute each layer's activations in backward (non-reentrant)
 
 
 @dataclass
@@ -139,6 +140,17 @@ def is_main_process() -> bool:
     """Rank 0 of a ``torchrun`` / ``accelerate launch`` run, or a single process: the one that writes files
     and prints; the others train their share of each batch (transformers' Trainer runs DDP under them)."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def keep_frozen_out_of_ddp(model: torch.nn.Module) -> None:
+    """Tell DDP (which the Trainer wraps the model in under ``torchrun`` / ``accelerate launch``) to leave the
+    frozen parameters alone: it would broadcast every parameter from rank 0 when it wraps the model, but
+    each process loaded the same frozen weights itself, and a broadcast into a 4-bit NF4 weight re-quantises
+    it (the weights drift by ~1e-6). Only the trainable parameters are broadcast and all-reduced."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    frozen = [name for name, parameter in model.named_parameters() if not parameter.requires_grad]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, frozen)
 
 
 def save_result(model: torch.nn.Module, output: Path, task: dict, tokenizer=None) -> None:
@@ -291,7 +303,10 @@ def run_trainer(model, dataset, collator, options: TrainOptions, learning_rate: 
             weight_decay=0.0, logging_steps=10, save_strategy="steps" if options.save_steps else "no",
             save_steps=options.save_steps or 500, save_total_limit=2, report_to="none", disable_tqdm=True,
             seed=options.seed, remove_unused_columns=False, bf16=options.bf16, use_cpu=not torch.cuda.is_available(),
+            activation_checkpointing=options.gradient_checkpointing,
+            activation_checkpointing_kwargs={"use_reentrant": False},  # frozen inputs keep their gradient path
         )
+        keep_frozen_out_of_ddp(model)
         trainer = trainer_cls(model=model, args=arguments, train_dataset=dataset, data_collator=collator,
                               callbacks=[progress, *allocation_callbacks, *callbacks])
         trainer.objectives = tuple(objectives)
