@@ -135,9 +135,9 @@ def not_runnable(job: Job) -> str | None:
     needs no worker."""
     from peftkit.core.registry import method_by_name
 
-    if job.row.method == FULL_FINE_TUNING:
-        return None
     row = job.row
+    if row.method == FULL_FINE_TUNING:
+        return None
     if job.implementation == PEFT and row.method in QUANTIZED_METHODS:
         return "peft's QLoRA quantises with bitsandbytes, which peftkit does not install; not compared"
     try:
