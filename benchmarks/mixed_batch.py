@@ -6,7 +6,8 @@ Both implementations get the same adapter weights (drawn per parameter name); pe
 under a bfloat16 model (its ``autocast_adapter_dtype``), peftkit in the model's dtype.
 Timed (eval mode, no gradients, median over ``--rounds`` interleaved rounds): the plain model (base), the
 batch through one unmerged adapter (single), and each row through its own adapter, 4 rows per adapter in
-shuffled order (mixed, ``adapter_names=``), for peftkit and peft. Ratios mixed / single and single / base.
+shuffled order (mixed, ``adapter_names=``), for peftkit and peft. Ratios mixed / single and single / base
+(of the medians), with the quartiles of the same ratio taken within each round, to show the noise.
 ``--device cuda --dtype bfloat16 --tinyllama`` gives the GPU variant (1.1B TinyLlama shape, 32 × 256).
 
 Usage: python benchmarks/mixed_batch.py [--rounds 7] [--threads 2]
@@ -74,6 +75,12 @@ def seconds(model, batch: dict, device: str, **kwargs) -> float:
     return time.perf_counter() - started
 
 
+def round_ratio_quartiles(top: list[float], bottom: list[float]) -> tuple[float, float]:
+    """The first and third quartiles of the ratio within each round: how far the noise moves a ratio."""
+    quartiles = statistics.quantiles([a / b for a, b in zip(top, bottom)], n=4)
+    return quartiles[0], quartiles[2]
+
+
 def main() -> None:
     import torch
 
@@ -115,17 +122,22 @@ def main() -> None:
           f"{args.device} {args.dtype}, {args.threads} threads; median of {args.rounds} rounds")
     for name, value in median.items():
         print(f"  {name:15s} {value * 1000:9.1f} ms")
-    ratios = {}
+    ratios, spreads = {}, {}
     for implementation in ("peftkit", "peft"):
-        ratios[implementation] = {"mixed / single": median[f"{implementation} mixed"] / median[f"{implementation} single"],
-                                  "single / base": median[f"{implementation} single"] / median["base"]}
-        print(f"  {implementation}: mixed / single {ratios[implementation]['mixed / single']:.3f}, "
-              f"single unmerged / base {ratios[implementation]['single / base']:.3f}")
+        pairs = {"mixed / single": (f"{implementation} mixed", f"{implementation} single"),
+                 "single / base": (f"{implementation} single", "base")}
+        ratios[implementation] = {key: median[top] / median[bottom] for key, (top, bottom) in pairs.items()}
+        spreads[implementation] = {key: round_ratio_quartiles(times[top], times[bottom])
+                                   for key, (top, bottom) in pairs.items()}
+        print(f"  {implementation}: " + ", ".join(
+            f"{key} {ratios[implementation][key]:.3f} (rounds' quartiles {low:.3f}-{high:.3f})"
+            for key, (low, high) in spreads[implementation].items()))
     print(f"  largest difference of the mixed logits, peftkit vs peft: {difference:.2e}")
     RESULTS.mkdir(exist_ok=True)
     file = RESULTS / f"mixed_batch_{args.device}.json"
     file.write_text(json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "settings": vars(args),
                                 "shape": shape, "seconds": times, "median": median, "ratios": ratios,
+                                "round_ratio_quartiles": spreads,
                                 "max_logit_difference": difference}, indent=2))
     print(f"raw measurements: {file}")
 
