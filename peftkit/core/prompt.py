@@ -21,6 +21,7 @@ from torch import nn
 
 from peftkit.core.config import PeftConfig, config_dataclass
 from peftkit.core.errors import ConfigError
+from peftkit.core.sharding import gather_root
 
 SAVED_KEY = "prompt_embeddings"
 
@@ -138,6 +139,7 @@ class SoftPromptAdapter(PromptAdapter):
         count = self.config.num_virtual_tokens
         embeds = kwargs.pop("inputs_embeds", None)
         if embeds is None:
+            gather_root(model)  # sharded with FSDP: the embeddings may belong to the root's own parameters
             embeds = model.get_input_embeddings()(kwargs.pop("input_ids"))
         else:
             kwargs.pop("input_ids", None)

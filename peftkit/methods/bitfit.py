@@ -47,7 +47,8 @@ class BiasDelta(AdapterLayer):
         return {"bitfit_bias": tuple(base_layer.bias.shape)}
 
     def add_adapter(self, name: str, config: BitFitConfig, module_name: str) -> None:
-        self.bitfit_bias[name] = nn.Parameter(torch.zeros_like(self.bias))
+        bias = self.bias  # its shape, not zeros_like: a sharded (FSDP) bias would give a sharded δ
+        self.bitfit_bias[name] = nn.Parameter(torch.zeros(bias.shape, dtype=bias.dtype, device=bias.device))
 
     def merged_weight(self, name: str, weight: torch.Tensor) -> torch.Tensor:
         return weight

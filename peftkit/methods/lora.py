@@ -50,6 +50,7 @@ from peftkit.core.lean_ops import dropped_positions
 from peftkit.core.mixed_batch import put, take
 from peftkit.core.quantization import dequantized
 from peftkit.core.registry import Method, register_method
+from peftkit.core.sharding import whole
 from peftkit.methods.lora_mixed import add_stacked_update, stacked_rows
 
 # Module names LoRA targets when a config leaves target_modules unset (peft's choices).
@@ -188,7 +189,7 @@ class _LoraLayer(AdapterLayer):
         return ratio.view(1, -1) if self.transposed else ratio.view(-1, 1)
 
     def _init_magnitude(self, name: str) -> None:
-        self.lora_magnitude_vector[name] = nn.Parameter(self._adapted_norm(name))
+        self.lora_magnitude_vector[name] = nn.Parameter(self._adapted_norm(name, whole(self.weight)))
 
     def merged_weight(self, name: str, weight: torch.Tensor) -> torch.Tensor:
         if name not in self.lora_magnitude_vector:

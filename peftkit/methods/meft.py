@@ -47,6 +47,7 @@ from peftkit.core.config import TargetedConfig, config_dataclass
 from peftkit.core.errors import ConfigError
 from peftkit.core.layer import AdapterLayer, output_width
 from peftkit.core.registry import Method, register_method
+from peftkit.core.sharding import gathered, is_sharded
 from peftkit.core.targets import ALL, layer_index
 from peftkit.methods.bottleneck import ACTIVATIONS, Bottleneck
 from peftkit.methods.reversible import Coupling, ReversibleSegment, coupled
@@ -192,6 +193,10 @@ class MeftStep:
         base = self.layer.base
         return self.parts.feed_forward(base, self.parts.attention(base, x, self.arguments, None), adapter)
 
+    def weights(self):
+        """Sharded with FSDP, the layer's weights are gathered here: its own forward, which would, is not run."""
+        return gathered(self.layer.base)
+
     def F(self, x: torch.Tensor) -> torch.Tensor:
         """F in the layer's dtype, handed back in the streams' (possibly wider) dtype."""
         inner = x.to(self.dtype)
@@ -233,6 +238,9 @@ def run_streams(segment: list[MeftLayer], name: str, hidden: torch.Tensor, argum
             step.arguments = without_cache(arguments)
         x1, x2 = ReversibleSegment.apply(x1, x2, steps[:reversible], coupling, *params)
         steps = steps[reversible:]
+    if steps and torch.is_grad_enabled() and is_sharded(segment[0].base):
+        raise ConfigError("MEFT under FSDP trains every targeted layer reversibly (reversible_layers unset): an "
+                          "ordinary backward would need the layers' gathered weights kept after their forward")
     for step in steps:
         x1, x2 = coupled(step, coupling, x1, x2)
     return x1, x2

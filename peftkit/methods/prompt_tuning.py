@@ -23,6 +23,7 @@ from peftkit.core.config import config_dataclass
 from peftkit.core.errors import ConfigError
 from peftkit.core.prompt import PromptLearningConfig, SoftPromptAdapter
 from peftkit.core.registry import Method, register_method
+from peftkit.core.sharding import whole
 
 PROMPT_INITS = ("RANDOM", "SAMPLE_VOCAB", "TEXT")
 
@@ -46,7 +47,7 @@ class PromptTuningConfig(PromptLearningConfig):
 class SoftPrompt(SoftPromptAdapter):
     def __init__(self, config: PromptTuningConfig, model: nn.Module) -> None:
         super().__init__(config)
-        weight = model.get_input_embeddings().weight
+        weight = whole(model.get_input_embeddings().weight)  # gathered when sharded (FSDP)
         self.embedding = nn.Embedding(config.num_virtual_tokens, config.token_dim, **self.tensor_options(model))
         with torch.no_grad():
             if config.prompt_tuning_init == "SAMPLE_VOCAB":

@@ -35,13 +35,16 @@ class Coupling:
 
 
 class Step(Protocol):
-    """One reversible layer: its two functions and the trainable tensors they use."""
+    """One reversible layer: its two functions, the trainable tensors they use, and a context in which its
+    weights are at hand (gathered, for a layer sharded with FSDP)."""
 
     def F(self, x: torch.Tensor) -> torch.Tensor: ...
 
     def G(self, y: torch.Tensor) -> torch.Tensor: ...
 
     def trainable(self) -> list[torch.nn.Parameter]: ...
+
+    def weights(self) -> contextlib.AbstractContextManager: ...
 
 
 class RandomState:
@@ -65,12 +68,13 @@ class RandomState:
 def coupled(step: Step, coupling: Coupling, x1: torch.Tensor, x2: torch.Tensor,
             states: list[RandomState] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One layer forward; ``states`` (when given) receives the random state before F and before G."""
-    if states is not None:
-        states.append(RandomState(x2.device))
-    y1 = coupling.lam * x1 + step.F(x2)
-    if states is not None:
-        states.append(RandomState(y1.device))
-    y2 = coupling.beta * x2 + step.G(y1)
+    with step.weights():
+        if states is not None:
+            states.append(RandomState(x2.device))
+        y1 = coupling.lam * x1 + step.F(x2)
+        if states is not None:
+            states.append(RandomState(y1.device))
+        y2 = coupling.beta * x2 + step.G(y1)
     return (y2, y1) if coupling.swap else (y1, y2)
 
 
@@ -87,15 +91,13 @@ def inverted(step: Step, coupling: Coupling, states: list[RandomState], outputs,
     y1, y2, dy1, dy2 = (o2, o1, d2, d1) if coupling.swap else (o1, o2, d1, d2)
     params = step.trainable()
     state_f, state_g = states
-    with torch.enable_grad():
+    with step.weights(), torch.enable_grad():  # the weights at hand through both recomputations and gradients
         y1_leaf = y1.detach().requires_grad_()
         with state_g.replayed():
             g = step.G(y1_leaf)
         dy1_through_g, g_param_grads = _grads(g, y1_leaf, params, dy2)
-    dy1 = dy1 + dy1_through_g
-    x2 = (y2 - g.detach()) / coupling.beta
-    with torch.enable_grad():
-        x2_leaf = x2.requires_grad_()
+        dy1 = dy1 + dy1_through_g
+        x2_leaf = ((y2 - g.detach()) / coupling.beta).detach().requires_grad_()
         with state_f.replayed():
             f = step.F(x2_leaf)
         dx2_through_f, f_param_grads = _grads(f, x2_leaf, params, dy1)
@@ -105,7 +107,7 @@ def inverted(step: Step, coupling: Coupling, states: list[RandomState], outputs,
             if grad is not None:
                 key = id(param)
                 param_grads[key] = grad if key not in param_grads else param_grads[key] + grad
-    return (x1, x2.detach()), (coupling.lam * dy1, coupling.beta * dy2 + dx2_through_f)
+    return (x1, x2_leaf.detach()), (coupling.lam * dy1, coupling.beta * dy2 + dx2_through_f)
 
 
 class ReversibleSegment(torch.autograd.Function):

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from peftkit.bench.memory import peak_rss_mib
 from peftkit.core.peft_model import PeftModel
 from peftkit.core.pretrained import load_causal_lm, resolve_causal_lm_dir
+from peftkit.core.sharding import held_parameters
 from peftkit.recipes.training import (
     FULL_FINE_TUNING,
     LEARNING_RATES,
@@ -35,6 +36,7 @@ from peftkit.recipes.training import (
     recipe_config,
     run_trainer,
     save_result,
+    sharded_run,
     split_rows,
     with_method,
 )
@@ -163,10 +165,11 @@ def train_causal_lm(options: TrainOptions) -> TrainResult:
     started = time.perf_counter()
     torch.manual_seed(options.seed)
     model_dir = resolve_causal_lm_dir(options.model)
-    tokenizer, model = load_causal_lm(model_dir)
+    tokenizer, model = load_causal_lm(model_dir, sharded=sharded_run(options))
     train_examples, eval_examples = _data(options, tokenizer)
     peft_model, quantization = with_method(model, options.method, recipe_config(options, "CAUSAL_LM", model_dir, []))
     trainable, total = parameter_counts(peft_model)
+    held = held_parameters(peft_model)
     learning_rate = options.lr or CAUSAL_LM_LEARNING_RATES.get(options.method, LEARNING_RATES.get(options.method, 1e-4))
     dataset = [encode(tokenizer, e, options.max_length) for e in train_examples]
     objectives = (DensityLoss(peft_model, weight=options.density_loss),) if options.density_loss else ()
@@ -184,7 +187,7 @@ def train_causal_lm(options: TrainOptions) -> TrainResult:
         total_parameters=total, accuracy=None if correct is None else correct / len(eval_examples),
         correct=correct or 0, train_seconds=train_seconds, wall_seconds=time.perf_counter() - started,
         peak_memory_mib=peak_rss_mib(), output=output, losses=progress.losses, step_seconds=progress.step_seconds,
-        eval_loss=eval_loss, steps=len(progress.step_seconds),
+        eval_loss=eval_loss, steps=len(progress.step_seconds), held_parameters=held,
     )
 
 

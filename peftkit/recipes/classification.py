@@ -18,6 +18,7 @@ from transformers import DataCollatorWithPadding
 from peftkit.bench.memory import peak_rss_mib
 from peftkit.core.errors import ConfigError
 from peftkit.core.pretrained import load_sequence_classifier, resolve_model_dir
+from peftkit.core.sharding import held_parameters
 from peftkit.recipes.training import (
     LEARNING_RATES,
     TrainOptions,
@@ -28,6 +29,7 @@ from peftkit.recipes.training import (
     recipe_config,
     run_trainer,
     save_result,
+    sharded_run,
     split_rows,
     with_method,
 )
@@ -87,7 +89,7 @@ def setup_classifier(options: TrainOptions, wrap=with_method) -> ClassifierSetup
     torch.manual_seed(options.seed)
     data = load_task_data(options)
     config = recipe_config(options, "SEQ_CLS", data.model_dir, data.labels.names)
-    tokenizer, model = load_sequence_classifier(data.model_dir, data.labels.names)
+    tokenizer, model = load_sequence_classifier(data.model_dir, data.labels.names, sharded=sharded_run(options))
     peft_model, quantization = wrap(model, options.method, config)
     return ClassifierSetup(data=data, tokenizer=tokenizer, model=peft_model, quantization=quantization,
                            dataset=tokenize(tokenizer, data.train, options.max_length),
@@ -101,6 +103,7 @@ def train_classifier(options: TrainOptions) -> TrainResult:
     setup = setup_classifier(options)
     data, tokenizer, peft_model, eval_encoded = setup.data, setup.tokenizer, setup.model, setup.eval_encoded
     trainable, total = parameter_counts(peft_model)
+    held = held_parameters(peft_model)
     if options.init_prompt:
         peft_model.load_prompt(options.init_prompt)
     objectives, density = [], None
@@ -128,7 +131,7 @@ def train_classifier(options: TrainOptions) -> TrainResult:
         total_parameters=total, accuracy=correct / len(data.eval.labels), correct=correct,
         train_seconds=train_seconds, wall_seconds=time.perf_counter() - started, peak_memory_mib=peak_rss_mib(),
         output=output, losses=progress.losses, step_seconds=progress.step_seconds, steps=len(progress.step_seconds),
-        density=density,
+        density=density, held_parameters=held,
     )
 
 

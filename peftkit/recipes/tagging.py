@@ -17,8 +17,10 @@ from transformers import DataCollatorForTokenClassification
 from peftkit.bench.memory import peak_rss_mib
 from peftkit.core.errors import ConfigError
 from peftkit.core.pretrained import load_token_classifier, resolve_model_dir
+from peftkit.core.sharding import held_parameters
 from peftkit.recipes.training import (LEARNING_RATES, TrainOptions, TrainResult, autocast, parameter_counts,
-                                      recipe_config, run_trainer, save_result, split_rows, with_method)
+                                      recipe_config, run_trainer, save_result, sharded_run, split_rows,
+                                      with_method)
 from peftkit.tasks.classification import LabelSet
 from peftkit.tasks.data import read_rows
 from peftkit.tasks.tagging import (EntityScores, TaggedExamples, entity_scores, find_tag_columns, load_tagged,
@@ -92,9 +94,10 @@ def train_tagger(options: TrainOptions) -> TaggerRun:
     model_dir = resolve_model_dir(options.model)
     data = load_tagging_data(options)
     config = recipe_config(options, "TOKEN_CLS", model_dir, data.tags.names)
-    tokenizer, model = load_token_classifier(model_dir, data.tags.names)
+    tokenizer, model = load_token_classifier(model_dir, data.tags.names, sharded=sharded_run(options))
     peft_model, quantization = with_method(model, options.method, config)
     trainable, total = parameter_counts(peft_model)
+    held = held_parameters(peft_model)
     train = tokenize_tagged(tokenizer, data.train, options.max_length)
     evaluation = tokenize_tagged(tokenizer, data.eval, options.max_length)
     progress, train_seconds = run_trainer(peft_model, without_word_ids(train),
@@ -114,5 +117,6 @@ def train_tagger(options: TrainOptions) -> TaggerRun:
         peak_memory_mib=peak_rss_mib(), output=output, losses=progress.losses, step_seconds=progress.step_seconds,
         steps=len(progress.step_seconds), metric=("entity F1", scores.f1,
                                                   f"P {scores.precision:.4f}, R {scores.recall:.4f}; "
-                                                  f"{scores.correct}/{scores.gold} gold entities found"))
+                                                  f"{scores.correct}/{scores.gold} gold entities found"),
+        held_parameters=held)
     return TaggerRun(result, scores, data.eval.words, predicted)

@@ -26,6 +26,7 @@ from peftkit.core.errors import CheckpointError, ConfigError
 from peftkit.core.peft_model import PeftModel, get_peft_model
 from peftkit.core.quantization import quantize_nf4
 from peftkit.core.registry import method_by_name
+from peftkit.core.sharding import process_count
 from peftkit.recipes.checkpoints import TrainingCheckpoints, last_checkpoint
 
 # Method settings used by `peftkit train` unless the user sets them (LoRA on every linear layer).
@@ -81,6 +82,7 @@ class TrainOptions:
     save_steps: int | None = None  # checkpoint the trainable state every N steps (OUTPUT/checkpoints)
     resume: bool = False  # continue from the newest checkpoint in OUTPUT/checkpoints
     gradient_checkpointing: bool = False  # recompute each layer's activations in backward (non-reentrant)
+    fsdp: bool = False  # shard the base model over the torchrun processes with FSDP2 (core/sharding.py)
 
 
 @dataclass
@@ -104,6 +106,7 @@ class TrainResult:
     steps: int = 0
     density: tuple[float, float] | None = None  # DEFT: feed-forward activation density before, after
     metric: tuple[str, float, str] | None = None  # another score: (name, value, detail), e.g. entity F1
+    held_parameters: int | None = None  # sharded with FSDP: the parameters each process holds
 
 
 class ProgressBar(TrainerCallback):
@@ -142,6 +145,26 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def sharded_run(options: TrainOptions) -> bool:
+    """Whether the base model loads sharded over the processes with FSDP2 (``--fsdp``, ``core/sharding.py``);
+    a one-line error where it cannot."""
+    if not options.fsdp:
+        return False
+    if process_count() < 2:
+        raise ConfigError("--fsdp shards the model over the processes of torchrun / accelerate launch, and this "
+                          "run has one; start it with `torchrun --nproc_per_node N -m peftkit train ...`")
+    if options.recipe is not None:
+        raise ConfigError(f"--fsdp applies to plain training (classification, token-classification, causal-lm), "
+                          f"not to --recipe {options.recipe}")
+    if options.method in QUANTIZED_METHODS:
+        raise ConfigError(f"--fsdp: {options.method} quantises the base weights after loading, which a model "
+                          f"sharded while loading does not allow; train it without --fsdp (DDP)")
+    if options.save_steps or options.resume:
+        raise ConfigError("--fsdp cannot be combined with --save-steps / --resume: transformers' Trainer does "
+                          "not checkpoint the optimizer of a model sharded while loading")
+    return True
+
+
 def keep_frozen_out_of_ddp(model: torch.nn.Module) -> None:
     """Tell DDP (which the Trainer wraps the model in under ``torchrun`` / ``accelerate launch``) to leave the
     frozen parameters alone: it would broadcast every parameter from rank 0 when it wraps the model, but
@@ -154,10 +177,11 @@ def keep_frozen_out_of_ddp(model: torch.nn.Module) -> None:
 
 
 def save_result(model: torch.nn.Module, output: Path, task: dict, tokenizer=None) -> None:
-    """The trained adapter (or whole model) and its task file, written by the main process only."""
+    """The trained adapter (or whole model) and its task file, written by the main process only (every
+    process takes part in gathering a model sharded with FSDP)."""
+    model.save_pretrained(output, is_main_process=is_main_process())
     if not is_main_process():
         return
-    model.save_pretrained(output)
     if tokenizer is not None:
         tokenizer.save_pretrained(output)
     write_json(output / TASK_FILE, task)

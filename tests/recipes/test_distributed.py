@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -37,19 +38,30 @@ def train_args(model, data, output, batch_size: int, method: str) -> list[str]:
             "--batch-size", str(batch_size), "--method", method, "--output", str(output)]
 
 
-@pytest.mark.parametrize("method, extra", [("lora", []), ("prompt", []), ("adapter", []), ("qlora", []),
-                                           ("meft", []), ("lora", ["--gradient-checkpointing"])])
-def test_two_processes_train_the_same_adapter_as_one(still_model, data, tmp_path, method, extra):
-    assert main(train_args(still_model, data, tmp_path / "one", 8, method)) == 0
+RUNS = [(method, [], []) for method in ("lora", "prompt", "adapter", "qlora", "meft")] + [
+    ("lora", [], ["--gradient-checkpointing"])] + [
+    (method, [], ["--fsdp"]) for method in ("lora", "prompt", "adapter", "bitfit", "meft", "full")] + [
+    ("lora", ["-o", "use_dora=true"], ["--fsdp"]),
+    ("lora", ["-o", "bias=all"], ["--fsdp"])]  # (method, its options, the two processes' extra flags)
+
+
+@pytest.mark.parametrize("method, options, extra", RUNS, ids=[" ".join([m, *o, *e]) for m, o, e in RUNS])
+def test_two_processes_train_the_same_adapter_as_one(still_model, data, tmp_path, method, options, extra):
+    assert main([*train_args(still_model, data, tmp_path / "one", 8, method), *options]) == 0
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                "--master_port", str(free_port()), "-m", "peftkit",
-               *train_args(still_model, data, tmp_path / "two", 4, method), *extra]  # 2 × 4: the same batch of 8
+               *train_args(still_model, data, tmp_path / "two", 4, method), *options, *extra]  # 2 × 4 = 8
     done = subprocess.run(command, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-8000:]
     assert done.stdout.count("peftkit train:") == 1  # only rank 0 prints (and writes)
-    one, two = load_file(tmp_path / "one" / "adapter_model.safetensors"), load_file(
-        tmp_path / "two" / "adapter_model.safetensors")
+    if "--fsdp" in extra:  # each process holds about half the frozen base weights (and the adapter whole)
+        trainable = int(re.search(r"trainable parameters: ([\d,]+)", done.stdout).group(1).replace(",", ""))
+        held, total = (int(n.replace(",", "")) for n in re.search(
+            r"each of 2 processes holds ([\d,]+) of the ([\d,]+) parameters", done.stdout).groups())
+        assert held < total and total - held >= 0.45 * (total - trainable), (held, trainable, total)
+    weights = "model.safetensors" if method == "full" else "adapter_model.safetensors"
+    one, two = load_file(tmp_path / "one" / weights), load_file(tmp_path / "two" / weights)
     assert one.keys() == two.keys()
     for name in one:  # QLoRA too: DDP leaves the frozen NF4 weights alone (a broadcast would re-quantise them)
         assert torch.allclose(one[name], two[name], atol=1e-5), (name, (one[name] - two[name]).abs().max())
@@ -76,3 +88,55 @@ def test_gradient_checkpointing_recomputes_layers_and_trains_the_same(still_mode
         adapters.append({n: p.detach().clone() for n, p in setup.model.named_parameters() if p.requires_grad})
     for name, value in adapters[0].items():
         assert torch.allclose(value, adapters[1][name], atol=1e-6), name
+
+
+def test_a_causal_lm_sharded_over_two_processes_trains_the_same_lora_as_one(tmp_path):
+    from tests.recipes.test_causal_lm_recipe import write_model_and_data
+
+    model_dir, data = write_model_and_data(tmp_path)
+
+    def arguments(output, batch_size):
+        return ["train", "--task", "causal-lm", "--model", str(model_dir), "--train", str(data), "--eval", str(data),
+                "--max-steps", "3", "--lr", "1e-2", "--batch-size", str(batch_size), "--output", str(output)]
+
+    assert main(arguments(tmp_path / "one", 8)) == 0
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                           "127.0.0.1", "--master_port", str(free_port()), "-m", "peftkit",
+                           *arguments(tmp_path / "two", 4), "--fsdp"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-8000:]
+    assert "sharded with FSDP2" in done.stdout
+    one, two = (load_file(tmp_path / run / "adapter_model.safetensors") for run in ("one", "two"))
+    assert one.keys() == two.keys()
+    for name in one:
+        assert torch.allclose(one[name], two[name], atol=1e-5), (name, (one[name] - two[name]).abs().max())
+
+
+def test_fsdp_needs_several_processes_and_a_method_it_can_shard(still_model, data, tmp_path, monkeypatch, capsys):
+    from peftkit.core.errors import ConfigError
+    from peftkit.recipes.training import TrainOptions, sharded_run
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert main([*train_args(still_model, data, tmp_path / "out", 8, "lora"), "--fsdp"]) == 2
+    assert "--fsdp shards the model over the processes of torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for options, reason in [({"method": "qlora"}, "qlora quantises the base weights after loading"),
+                            ({"save_steps": 2}, "cannot be combined with --save-steps"),
+                            ({"recipe": "pet"}, "not to --recipe pet")]:
+        with pytest.raises(ConfigError, match=reason):
+            sharded_run(TrainOptions(fsdp=True, **options))
+    assert sharded_run(TrainOptions(fsdp=True)) and not sharded_run(TrainOptions())
+
+
+def test_each_transformer_layer_is_its_own_fsdp_unit():
+    from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+
+    from peftkit.core.sharding import layer_units
+
+    with torch.device("meta"):
+        bert = BertForSequenceClassification(BertConfig(num_hidden_layers=2))
+        llama = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=64,
+                                             num_attention_heads=4))
+    assert layer_units(bert) == {"bert.encoder.layer.*": "free_full_weight"}
+    assert layer_units(llama) == {"model.layers.*": "free_full_weight"}
