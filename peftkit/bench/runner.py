@@ -147,38 +147,75 @@ def not_runnable(job: Job) -> str | None:
     return None
 
 
-def run_job(job: Job, settings: BenchSettings, log: Path, steps: tqdm) -> dict:
-    """Run one job in a worker process, following its steps on ``steps``; its record."""
+def run_job(job: Job, settings: BenchSettings, worker: WorkerProcess, log: Path, steps: tqdm) -> dict:
+    """Run one job in ``worker``, following its steps on ``steps``; its record."""
     started = time.perf_counter()
     result = {"error": reason} if (reason := not_runnable(job)) else None
     if result is None:
-        result = _run_worker(job, settings, log, steps)
+        result = worker.run(job_input(job, settings), log, steps)
     return {"row": job.row.label, "method": job.row.method, "options": job.row.options, "seed": job.seed,
             "implementation": job.implementation, "seconds": time.perf_counter() - started, **result}
 
 
-def _run_worker(job: Job, settings: BenchSettings, log: Path, steps: tqdm) -> dict:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    result = None
-    with log.open("w") as errors:
-        worker = subprocess.Popen([sys.executable, "-m", "peftkit.bench.worker"], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=errors, text=True, env=worker_environment(settings))
-        worker.stdin.write(json.dumps(job_input(job, settings)))
-        worker.stdin.close()
-        for line in worker.stdout:
+class WorkerProcess:
+    """``peftkit.bench.worker`` processes for the jobs: a fresh one per job (its peak memory is the job's),
+    or with ``shared`` one for every job (CUDA: the peak is reset per job), restarted if one dies."""
+
+    def __init__(self, settings: BenchSettings, log: Path, shared: bool) -> None:
+        self.settings, self.log, self.shared = settings, log, shared  # log: the process's own stderr
+        self.process: subprocess.Popen | None = None
+
+    def run(self, job: dict, log: Path, steps: tqdm) -> dict:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("")
+        if self.process is None:
+            self._start()
+        self.process.stdin.write(json.dumps({**job, "log": str(log)}) + "\n")
+        self.process.stdin.flush()
+        result = None
+        for line in self.process.stdout:
             if line.startswith("@step "):
                 done, total = (int(n) for n in line.split()[1:3])
                 steps.total = total
                 steps.update(done - steps.n)
             elif line.startswith("@result "):
                 result = json.loads(line[len("@result "):])
-        code = worker.wait()
-    return result or {"error": f"the worker stopped (exit code {code}) before reporting; see {log}"}
+                break
+        if result is None or not self.shared:
+            code = self.close()
+            if result is None:
+                return {"error": f"the worker stopped (exit code {code}) before reporting; see {log}"}
+        return result
+
+    def _start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("a") as errors:
+            self.process = subprocess.Popen([sys.executable, "-m", "peftkit.bench.worker"], stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, stderr=errors, text=True,
+                                            env=worker_environment(self.settings))
+
+    def close(self, kill: bool = False) -> int | None:
+        """End the process (it finishes its current job first, unless ``kill``); its exit code."""
+        if self.process is None:
+            return None
+        if kill:
+            self.process.kill()
+        self.process.stdin.close()
+        code = self.process.wait()
+        self.process = None
+        return code
+
+    def __enter__(self) -> WorkerProcess:
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        self.close(kill=error_type is not None)  # interrupted: the bench stops now, its worker too
 
 
 def run_bench(rows: list[BenchRow], settings: BenchSettings, seeds: list[int], output: str | Path,
-              vs_peft: bool = False) -> BenchRun:
-    """Run (or finish) the bench in ``output``; the records of all its jobs, in order."""
+              vs_peft: bool = False, one_worker: bool | None = None) -> BenchRun:
+    """Run (or finish) the bench in ``output``; the records of all its jobs, in order. ``one_worker``: run
+    every job in one worker process (default: on CUDA only, where peak memory is reset per job)."""
     if settings.device == "cuda":
         import torch
 
@@ -190,8 +227,10 @@ def run_bench(rows: list[BenchRow], settings: BenchSettings, seeds: list[int], o
     jobs = bench_jobs(rows, seeds, vs_peft)
     run = BenchRun(settings, seeds)
     interactive = sys.stderr.isatty()
+    shared = settings.device == "cuda" if one_worker is None else one_worker
     with tqdm(total=len(jobs), desc="bench", unit="run", file=sys.stderr, dynamic_ncols=True,
-              mininterval=0.5 if interactive else 30) as overall:
+              mininterval=0.5 if interactive else 30) as overall, WorkerProcess(
+            settings, output / "logs" / "worker.log", shared) as worker:
         for job in jobs:
             record_file = output / "runs" / f"{job.name}.json"
             overall.set_postfix_str(job.title)
@@ -200,7 +239,7 @@ def run_bench(rows: list[BenchRow], settings: BenchSettings, seeds: list[int], o
             else:
                 with tqdm(desc=job.title, unit="step", position=1, leave=False, file=sys.stderr,
                           dynamic_ncols=True, mininterval=0.5 if interactive else 30, disable=not interactive) as steps:
-                    record = run_job(job, settings, output / "logs" / f"{job.name}.log", steps)
+                    record = run_job(job, settings, worker, output / "logs" / f"{job.name}.log", steps)
                 record_file.parent.mkdir(exist_ok=True)
                 write_atomically(record_file, record)
                 outcome = record["error"] if "error" in record else f"score {record['score']:.4f}"

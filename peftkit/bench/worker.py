@@ -1,14 +1,19 @@
-"""One bench run (a row, a seed, an implementation) in a process of its own, so that the process's peak
-memory is that run's alone. ``python -m peftkit.bench.worker`` reads the job as JSON on stdin, reports
-each training step as ``@step DONE TOTAL`` and ends with ``@result {json}`` on stdout: the measurements,
-or ``{"error": one line}`` when the row cannot run (its traceback goes to stderr).
+"""Bench runs (a row, a seed, an implementation) in a worker process. ``python -m peftkit.bench.worker``
+reads jobs as JSON, one per line on stdin, and for each reports every training step as ``@step DONE TOTAL``
+and ends with ``@result {json}`` on stdout: the measurements, or ``{"error": one line}`` when the row cannot
+run. Each job's stderr (warnings, a traceback) goes to its own log file. On CPU the bench gives every job a
+process of its own, so that the process's peak memory is that run's alone; on CUDA one worker runs them all
+(the peak is reset per job there), which saves each job the start of a process.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import math
+import os
 import sys
+from contextlib import contextmanager
 
 import torch
 from transformers import DataCollatorWithPadding, TrainerCallback
@@ -100,7 +105,41 @@ def run(job: dict) -> dict:
             "step_seconds": progress.step_seconds, "train_seconds": train_seconds, "losses": progress.losses,
             "learning_rate": setup.learning_rate, "peak_mib": peak_mib, "peak_kind": "cuda allocated" if cuda
             else "process VmHWM", "activation_bytes": activations, "latency_unmerged_s": unmerged,
-            "latency_merged_s": merged, "merge_note": merge_note, "batch_size": options.batch_size}
+            "latency_merged_s": merged, "merge_note": merge_note, "batch_size": options.batch_size,
+            "worker_pid": os.getpid()}
+
+
+@contextmanager
+def stderr_to(log: str):
+    """This process's stderr (file descriptor 2, so C++ and child output too) appended to ``log``."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(log, "a") as file:
+        os.dup2(file.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def measured(job: dict) -> dict:
+    """The job's measurements, or its one-line reason (the traceback to stderr)."""
+    try:
+        return run(job)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # the row's one-line reason; the rest of the bench still runs
+        import traceback
+
+        traceback.print_exc()
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return {"error": message if isinstance(exc, PeftkitError) else f"{type(exc).__name__}: {message}"}
+    finally:
+        gc.collect()  # the next job in this process starts from what the previous one left: nothing
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def main() -> None:
@@ -110,19 +149,12 @@ def main() -> None:
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     logging.set_verbosity_error()
-    job = json.loads(sys.stdin.read())
-    torch.set_num_threads(job.get("threads") or torch.get_num_threads())
-    try:
-        result = run(job)
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:  # the row's one-line reason; the rest of the bench still runs
-        import traceback
-
-        traceback.print_exc()
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        result = {"error": message if isinstance(exc, PeftkitError) else f"{type(exc).__name__}: {message}"}
-    print("@result " + json.dumps(result), flush=True)
+    for line in sys.stdin:
+        job = json.loads(line)
+        torch.set_num_threads(job.get("threads") or torch.get_num_threads())
+        with stderr_to(job["log"]):
+            result = measured(job)
+        print("@result " + json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

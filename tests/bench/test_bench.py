@@ -104,3 +104,22 @@ def test_other_settings_in_the_same_folder_are_refused(model_dir, data, tmp_path
 def test_bad_seeds_are_one_line(tmp_path, capsys):
     assert main(["bench", "--seeds", "1,x", "--output", str(tmp_path / "b")]) == 2
     assert capsys.readouterr().err.strip() == "peftkit: error: --seeds must be whole numbers separated by commas, got '1,x'"
+
+
+def test_one_worker_for_all_jobs_measures_what_a_worker_per_job_does(model_dir, data, tmp_path):
+    from peftkit.bench.rows import bench_rows
+    from peftkit.bench.runner import BenchSettings, run_bench
+
+    settings = BenchSettings(model=str(model_dir), train=str(data / "train.csv"), eval=str(data / "dev.jsonl"),
+                             text_column="review", label_column="sentiment", max_steps=10, batch_size=8,
+                             max_length=16, threads=1)  # 10 steps: one logged loss
+    runs = {shared: run_bench(bench_rows(["lora", "ia3"]), settings, [42], tmp_path / str(shared), one_worker=shared)
+            for shared in (False, True)}
+    pids = {shared: {record["worker_pid"] for record in run.records} for shared, run in runs.items()}
+    assert len(pids[True]) == 1 and len(pids[False]) == 3  # full, lora, ia3
+    for alone, shared in zip(runs[False].records, runs[True].records, strict=True):
+        assert alone["row"] == shared["row"] and alone["score"] == shared["score"]
+        assert len(alone["losses"]) == 1 and alone["losses"] == pytest.approx(shared["losses"], abs=1e-6)
+        assert alone["activation_bytes"] == shared["activation_bytes"]
+        assert (alone["trainable"], alone["total"]) == (shared["trainable"], shared["total"])
+    assert (tmp_path / "True" / "logs" / "lora-seed42.log").is_file()
