@@ -159,11 +159,12 @@ class PeftModel(nn.Module):
             if name in self.prompt_adapters:
                 raise ConfigError(f"adapter '{name}' is prompt learning: it changes the input length, so it cannot "
                                   f"share a batch with other adapters")
-        if self._merged():
+        layers = [layer for _, layer in self.adapter_layers()]  # one walk over the modules: they are many
+        if any(layer.merged_adapters for layer in layers):
             raise ConfigError("adapter_names needs the adapters unmerged; call unmerge_adapter() first")
         device = next(self.parameters()).device
         mixed = MixedBatch(names, device)
-        saved = [(layer, layer.active_adapters, layer.composition) for _, layer in self.adapter_layers()]
+        saved = [(layer, layer.active_adapters, layer.composition) for layer in layers]
         for layer, _, _ in saved:
             layer.active_adapters, layer.composition = list(mixed.names), mixed
         try:

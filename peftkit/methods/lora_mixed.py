@@ -26,15 +26,30 @@ def stacked_rows(layer, names: list[str | None], group_of_row: torch.Tensor, dty
         return None
     if layer.training and any(isinstance(layer.lora_dropout[n], nn.Dropout) for n in active):
         return None
-    scalings = {layer.scaling[n] for n in active}
-    if len(scalings) == 1 and len(active) == len(names):
-        stacked_b, scale = torch.stack([layer.lora_B[n].weight for n in names]), scalings.pop()
-    else:
-        zero = torch.zeros_like(layer.lora_B[active[0]].weight)
-        stacked_b = torch.stack([layer.lora_B[n].weight * layer.scaling[n] if n else zero for n in names])
-        scale = 1.0
-    stacked_a = torch.stack([layer.lora_A[n or active[0]].weight for n in names])
+    stacked_a, stacked_b, scale = stacked_weights(layer, names, active, weights_a)
     return stacked_a.index_select(0, group_of_row), stacked_b.index_select(0, group_of_row), scale
+
+
+def stacked_weights(layer, names: list[str | None], active: list[str], weights_a: list[torch.Tensor]):
+    """The groups' A [G, r, in] and (scaled, zero for a group the layer lacks) B [G, out, r], and the scale
+    left to apply. Kept on the layer until a weight, a scaling or the groups change (a generation's
+    steps, repeated calls), so a call costs two gathers instead of stacking every adapter again."""
+    weights_b = [layer.lora_B[n].weight for n in active]
+    scalings = [layer.scaling[n] for n in active]
+    key = (tuple(names), tuple(scalings), tuple((w.data_ptr(), w._version) for w in (*weights_a, *weights_b)))
+    cached = getattr(layer, "_stacked_weights", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    by_name = dict(zip(active, zip(weights_a, weights_b, scalings, strict=True)))
+    if len(set(scalings)) == 1 and len(active) == len(names):
+        stacked_b, scale = torch.stack(weights_b), scalings[0]
+    else:
+        zero = torch.zeros_like(weights_b[0])
+        stacked_b = torch.stack([by_name[n][1] * by_name[n][2] if n else zero for n in names])
+        scale = 1.0
+    stacked_a = torch.stack([by_name[n or active[0]][0] for n in names])
+    layer._stacked_weights = (key, (stacked_a, stacked_b, scale))
+    return stacked_a, stacked_b, scale
 
 
 def add_stacked_update(result: torch.Tensor, x: torch.Tensor, rows_a: torch.Tensor, rows_b: torch.Tensor,

@@ -80,6 +80,18 @@ def test_same_rank_adapters_take_the_batched_products(monkeypatch):
     assert len(calls) == sum(1 for _, layer in model.adapter_layers() if isinstance(layer, lora.LoraLinear))
     assert (mixed - one_by_one(model, batch, names)).abs().max() < 1e-5
 
+    layer = next(layer for _, layer in model.adapter_layers() if isinstance(layer, lora.LoraLinear))
+    stacked = layer._stacked_weights[1][0]
+    with torch.no_grad():
+        model(**batch, adapter_names=names)
+        assert layer._stacked_weights[1][0] is stacked  # the same groups and weights: not stacked again
+        for _, adapted in model.adapter_layers():  # changed in place (as a hot swap does): stacked afresh
+            if isinstance(adapted, lora.LoraLinear):
+                adapted.lora_B["c"].weight.mul_(3)
+        changed = model(**batch, adapter_names=names).logits
+    assert layer._stacked_weights[1][0] is not stacked
+    assert (changed - mixed).abs().max() > 1e-3 and (changed - one_by_one(model, batch, names)).abs().max() < 1e-5
+
 
 def test_rows_use_their_own_classification_head_and_other_methods():
     model = lora_model("bert", task_type="SEQ_CLS")
