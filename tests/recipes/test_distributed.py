@@ -38,18 +38,25 @@ def train_args(model, data, output, batch_size: int, method: str) -> list[str]:
             "--batch-size", str(batch_size), "--method", method, "--output", str(output)]
 
 
-RUNS = [(method, [], []) for method in ("lora", "prompt", "adapter", "qlora", "meft")] + [
-    ("lora", [], ["--gradient-checkpointing"])] + [
-    (method, [], ["--fsdp"]) for method in ("lora", "prompt", "adapter", "bitfit", "meft", "full")] + [
-    ("lora", ["-o", "use_dora=true"], ["--fsdp"]),
-    ("lora", ["-o", "bias=all"], ["--fsdp"])]  # (method, its options, the two processes' extra flags)
+LAUNCHERS = {"torchrun": ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                          "--master_port"],
+             # accelerate's multi-process launcher; on a machine without GPUs its processes use gloo on the CPU
+             "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                            "--main_process_port"]}
+# (method, its options, the two processes' extra flags, launcher)
+RUNS = [(method, [], [], "torchrun") for method in ("lora", "prompt", "adapter", "qlora", "meft")] + [
+    ("lora", [], ["--gradient-checkpointing"], "torchrun")] + [
+    (method, [], ["--fsdp"], "torchrun") for method in ("lora", "prompt", "adapter", "bitfit", "meft", "full")] + [
+    ("lora", ["-o", "use_dora=true"], ["--fsdp"], "torchrun"), ("lora", ["-o", "bias=all"], ["--fsdp"], "torchrun"),
+    ("lora", [], [], "accelerate"), ("lora", [], ["--fsdp"], "accelerate")]
 
 
-@pytest.mark.parametrize("method, options, extra", RUNS, ids=[" ".join([m, *o, *e]) for m, o, e in RUNS])
-def test_two_processes_train_the_same_adapter_as_one(still_model, data, tmp_path, method, options, extra):
+@pytest.mark.parametrize("method, options, extra, launcher", RUNS,
+                         ids=[" ".join([launcher, method, *options, *extra]) for method, options, extra, launcher in RUNS])
+def test_two_processes_train_the_same_adapter_as_one(still_model, data, tmp_path, method, options, extra, launcher):
     assert main([*train_args(still_model, data, tmp_path / "one", 8, method), *options]) == 0
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), "-m", "peftkit",
+    command = [sys.executable, *LAUNCHERS[launcher], str(free_port()), "-m", "peftkit",
                *train_args(still_model, data, tmp_path / "two", 4, method), *options, *extra]  # 2 × 4 = 8
     done = subprocess.run(command, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
