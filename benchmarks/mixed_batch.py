@@ -6,8 +6,9 @@ Both implementations get the same adapter weights (drawn per parameter name); pe
 under a bfloat16 model (its ``autocast_adapter_dtype``), peftkit in the model's dtype.
 Timed (eval mode, no gradients, median over ``--rounds`` interleaved rounds): the plain model (base), the
 batch through one unmerged adapter (single), and each row through its own adapter, 4 rows per adapter in
-shuffled order (mixed, ``adapter_names=``), for peftkit and peft. Ratios mixed / single and single / base
-(of the medians), with the quartiles of the same ratio taken within each round, to show the noise.
+shuffled order (mixed, ``adapter_names=``; peftkit in each of its two forms, gathered and concatenated), for
+peftkit and peft. Ratios mixed / single and single / base (of the medians), with the quartiles of the same
+ratio taken within each round, to show the noise.
 ``--device cuda --dtype bfloat16 --tinyllama`` gives the GPU variant (1.1B TinyLlama shape, 32 × 256).
 
 Usage: python benchmarks/mixed_batch.py [--rounds 7] [--threads 2]
@@ -31,6 +32,7 @@ SMALL = {"hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8, "
 TINYLLAMA = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32,
              "num_key_value_heads": 4, "vocab_size": 32000}
 ADAPTERS = 8
+FORMS = ("gathered", "concatenated")  # peftkit's two mixed-batch forms (peftkit/methods/lora_mixed.py)
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -75,9 +77,21 @@ def seconds(model, batch: dict, device: str, **kwargs) -> float:
     return time.perf_counter() - started
 
 
+def timed(setup: tuple, batch: dict, device: str) -> float:
+    """Seconds of one forward of a setup (model, keyword arguments, peftkit's mixed-batch form or None)."""
+    from peftkit.methods import lora_mixed
+
+    model, kwargs, form = setup
+    lora_mixed.FORM = form or "auto"
+    return seconds(model, batch, device, **kwargs)
+
+
 def round_ratio_quartiles(top: list[float], bottom: list[float]) -> tuple[float, float]:
     """The first and third quartiles of the ratio within each round: how far the noise moves a ratio."""
-    quartiles = statistics.quantiles([a / b for a, b in zip(top, bottom)], n=4)
+    ratios = [a / b for a, b in zip(top, bottom)]
+    if len(ratios) < 2:
+        return ratios[0], ratios[0]
+    quartiles = statistics.quantiles(ratios, n=4)
     return quartiles[0], quartiles[2]
 
 
@@ -101,30 +115,31 @@ def main() -> None:
                                         generator=torch.Generator().manual_seed(2)).to(args.device)}
     names = [f"adapter{i % ADAPTERS}" for i in range(args.batch)]
     random.Random(3).shuffle(names)
-    setups = {"base": (models["base"], {})}
-    for implementation in ("peftkit", "peft"):
-        setups[f"{implementation} single"] = (models[implementation], {})
-        setups[f"{implementation} mixed"] = (models[implementation], {"adapter_names": names})
+    mixed = {"adapter_names": names}
+    setups = {"base": (models["base"], {}, None), "peftkit single": (models["peftkit"], {}, None),
+              **{f"peftkit mixed {form}": (models["peftkit"], mixed, form) for form in FORMS},
+              "peft single": (models["peft"], {}, None), "peft mixed": (models["peft"], mixed, None)}
     with torch.no_grad():  # the mixed outputs agree between the two implementations
         ours = models["peftkit"](**batch, adapter_names=names).logits
         theirs = models["peft"](**batch, adapter_names=names).logits
     difference = (ours.float() - theirs.float()).abs().max().item()
-    for model, kwargs in setups.values():  # warm-up
-        seconds(model, batch, args.device, **kwargs)
+    for setup in setups.values():  # warm-up
+        timed(setup, batch, args.device)
     times = {name: [] for name in setups}
     for round_index in range(args.rounds):
         order = list(setups) if round_index % 2 == 0 else list(reversed(setups))
         for name in order:
-            model, kwargs = setups[name]
-            times[name].append(seconds(model, batch, args.device, **kwargs))
+            times[name].append(timed(setups[name], batch, args.device))
     median = {name: statistics.median(values) for name, values in times.items()}
     print(f"{args.batch} x {args.length} tokens, {ADAPTERS} LoRA adapters r=16 on all linear layers, "
           f"{args.device} {args.dtype}, {args.threads} threads; median of {args.rounds} rounds")
     for name, value in median.items():
-        print(f"  {name:15s} {value * 1000:9.1f} ms")
+        print(f"  {name:28s} {value * 1000:9.1f} ms")
     ratios, spreads = {}, {}
     for implementation in ("peftkit", "peft"):
-        pairs = {"mixed / single": (f"{implementation} mixed", f"{implementation} single"),
+        mixed_runs = [f"peftkit mixed {form}" for form in FORMS] if implementation == "peftkit" else ["peft mixed"]
+        pairs = {**{f"{run.removeprefix(implementation + ' ')} / single": (run, f"{implementation} single")
+                    for run in mixed_runs},
                  "single / base": (f"{implementation} single", "base")}
         ratios[implementation] = {key: median[top] / median[bottom] for key, (top, bottom) in pairs.items()}
         spreads[implementation] = {key: round_ratio_quartiles(times[top], times[bottom])

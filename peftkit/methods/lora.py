@@ -51,7 +51,7 @@ from peftkit.core.mixed_batch import put, take
 from peftkit.core.quantization import dequantized
 from peftkit.core.registry import Method, register_method
 from peftkit.core.sharding import whole
-from peftkit.methods.lora_mixed import add_stacked_update, stacked_rows
+from peftkit.methods.lora_mixed import stacked_update
 
 # Module names LoRA targets when a config leaves target_modules unset (peft's choices).
 LORA_DEFAULT_TARGETS = {
@@ -388,15 +388,15 @@ class LoraLinear(_LoraLayer):
 
     def apply_mixed(self, mixed, groups: list, x: torch.Tensor, *args, **kwargs) -> torch.Tensor | None:
         """A mixed batch (``core/mixed_batch.py``): the base output once, then every row's own update —
-        in two batched products without gradients (``lora_mixed.py``), else group by group. None (run each
+        in two products over all rows without gradients (``lora_mixed.py``), else group by group. None (run each
         group on its own) when another adapter layer is nested inside or a group is DoRA."""
         if isinstance(self.base_layer, AdapterLayer) or any(n in self.lora_magnitude_vector for n, _ in groups):
             return None
         result = self.base_layer(x, *args, **kwargs)
         if not torch.is_grad_enabled() and result.is_contiguous():
-            stacked = stacked_rows(self, [n for n, _ in groups], mixed.group_of_row, result.dtype)
-            if stacked is not None:
-                return add_stacked_update(result, x, *stacked)
+            updated = stacked_update(self, [n for n, _ in groups], mixed.group_of_row, result, x)
+            if updated is not None:
+                return updated
         for name, rows in groups:
             if name is None:
                 continue

@@ -54,10 +54,12 @@ def test_each_row_gets_its_own_lora_adapter(names):
     assert all(layer.active_adapters == ["a"] and layer.composition is None for _, layer in model.adapter_layers())
 
 
-def test_same_rank_adapters_take_the_batched_products(monkeypatch):
-    """Equal ranks, unequal scalings, a base row: the rows' updates come from the two batched products
-    (once per adapted layer) and equal each row run alone."""
-    import peftkit.methods.lora as lora
+@pytest.mark.parametrize("form", ["gathered", "concatenated"])
+def test_same_rank_adapters_take_the_stacked_forms(monkeypatch, form):
+    """Equal ranks, unequal scalings, a base row: the rows' updates come from the stacked form (once per
+    adapted layer) and equal each row run alone; the stacks are reused until a weight changes."""
+    import peftkit.methods.lora_mixed as lora_mixed
+    from peftkit.methods.lora import LoraLinear
 
     model = None
     for index, name in enumerate(("a", "b", "c", "d")):
@@ -71,25 +73,26 @@ def test_same_rank_adapters_take_the_batched_products(monkeypatch):
     model.set_adapter("a")
     model.eval()
     calls = []
-    original = lora.add_stacked_update
-    monkeypatch.setattr(lora, "add_stacked_update", lambda *args: calls.append(1) or original(*args))
+    original = getattr(lora_mixed, f"add_{form}_update")
+    monkeypatch.setattr(lora_mixed, f"add_{form}_update", lambda *args: calls.append(1) or original(*args))
+    monkeypatch.setattr(lora_mixed, "FORM", form)
     names = ["d", "a", "__base__", "c", "b", "a", "d"]
     batch = {"input_ids": tiny_batch(7)["input_ids"]}
     with torch.no_grad():
         mixed = model(**batch, adapter_names=names).logits
-    assert len(calls) == sum(1 for _, layer in model.adapter_layers() if isinstance(layer, lora.LoraLinear))
+    assert len(calls) == sum(1 for _, layer in model.adapter_layers() if isinstance(layer, LoraLinear))
     assert (mixed - one_by_one(model, batch, names)).abs().max() < 1e-5
 
-    layer = next(layer for _, layer in model.adapter_layers() if isinstance(layer, lora.LoraLinear))
-    stacked = layer._stacked_weights[1][0]
+    layer = next(layer for _, layer in model.adapter_layers() if isinstance(layer, LoraLinear))
+    stacked = layer._stacked_weights[1]
     with torch.no_grad():
         model(**batch, adapter_names=names)
-        assert layer._stacked_weights[1][0] is stacked  # the same groups and weights: not stacked again
+        assert layer._stacked_weights[1] is stacked  # the same groups and weights: not stacked again
         for _, adapted in model.adapter_layers():  # changed in place (as a hot swap does): stacked afresh
-            if isinstance(adapted, lora.LoraLinear):
+            if isinstance(adapted, LoraLinear):
                 adapted.lora_B["c"].weight.mul_(3)
         changed = model(**batch, adapter_names=names).logits
-    assert layer._stacked_weights[1][0] is not stacked
+    assert layer._stacked_weights[1] is not stacked
     assert (changed - mixed).abs().max() > 1e-3 and (changed - one_by_one(model, batch, names)).abs().max() < 1e-5
 
 
