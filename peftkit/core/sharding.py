@@ -7,8 +7,8 @@ of their own or in the root. Each process keeps 1/N of the base weights.
 
 The method's parameters, added after loading, are whole on every process: transformers' Trainer (which
 skips DDP for a model sharded at load time) broadcasts them from rank 0 and averages their gradients.
-Trainable base parameters (BitFit's biases, full fine-tuning) stay sharded and FSDP reduce-scatters
-their gradients. A module a method trains a copy of (``modules_to_save``, e.g. a fresh classification
+Trainable base parameters (the biases of LoRA's ``bias="all"``, full fine-tuning) stay sharded and FSDP
+reduce-scatters their gradients. A module a method trains a copy of (``modules_to_save``, e.g. a fresh classification
 head) is copied whole. Saving gathers each sharded tensor on every process; only rank 0 writes.
 """
 
