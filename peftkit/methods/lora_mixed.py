@@ -9,8 +9,9 @@ and the update takes one of two forms, neither of which grows in kernels with th
   (``torch.baddbmm``). The fewest operations: the form for CPUs, where arithmetic is the cost.
 - concatenated: every adapter's A in one product, ``d = x [A_1; …; A_G]ᵀ`` ([batch, len, G·r]), the columns
   of other adapters than the row's zeroed, and one product with ``[B_1 … B_G]`` accumulated into the base
-  output (``addmm``): G times the arithmetic of the first product, but two plain matrix products — the
-  form for GPUs, where batched products of this shape are slow and the extra arithmetic is small.
+  output (``addmm``): G times the arithmetic of the first product, but two plain matrix products — meant
+  for GPUs, where plain products are expected to beat batched ones of this shape and the extra arithmetic
+  is small (on a 2-core CPU it costs 8 % more than the gathered form; ``benchmarks/mixed_batch.py``).
 
 ``FORM`` picks one ("auto": concatenated on CUDA, gathered elsewhere). Used when gradients are off and every
 adapter in the batch has the same rank and the base output's dtype; otherwise ``LoraLinear.apply_mixed``
