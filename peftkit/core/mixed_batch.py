@@ -71,6 +71,17 @@ class MixedBatch:
         self.names = tuple(name for name, _ in self.groups if name != BASE_MODEL)
         position = {name: index for index, (name, _) in enumerate(self.groups)}
         self.group_of_row = torch.tensor([position[name] for name in names], device=device)
+        self._own_columns: dict[tuple, torch.Tensor] = {}
+
+    def own_columns(self, rank: int, dtype: torch.dtype) -> torch.Tensor:
+        """[batch, 1, groups·rank]: 1 where a column of the groups' side-by-side rank-``rank`` factors
+        belongs to the row's group, else 0 (made once per call, shared by the layers)."""
+        key = (rank, dtype)
+        if key not in self._own_columns:
+            groups = torch.arange(len(self.groups), device=self.group_of_row.device)
+            own = self.group_of_row[:, None] == groups[None, :]
+            self._own_columns[key] = own.repeat_interleave(rank, dim=1).to(dtype)[:, None, :]
+        return self._own_columns[key]
 
     def run(self, layer, args: tuple, kwargs: dict):
         x, rest = args[0], args[1:]

@@ -394,7 +394,7 @@ class LoraLinear(_LoraLayer):
             return None
         result = self.base_layer(x, *args, **kwargs)
         if not torch.is_grad_enabled() and result.is_contiguous():
-            updated = stacked_update(self, [n for n, _ in groups], mixed.group_of_row, result, x)
+            updated = stacked_update(self, [n for n, _ in groups], mixed, result, x)
             if updated is not None:
                 return updated
         for name, rows in groups:

@@ -27,8 +27,7 @@ from torch import nn
 FORM = "auto"  # "gathered", "concatenated" or "auto" (see the module docstring)
 
 
-def stacked_update(layer, names: list[str | None], group_of_row: torch.Tensor, result: torch.Tensor,
-                   x: torch.Tensor) -> torch.Tensor | None:
+def stacked_update(layer, names: list[str | None], mixed, result: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
     """``result`` (the base output, [batch, ..., out]) plus every row's own low-rank update, in place; None
     where the stacked forms do not apply (ranks or dtypes differ, dropout in training mode)."""
     active = [n for n in names if n is not None]
@@ -40,8 +39,8 @@ def stacked_update(layer, names: list[str | None], group_of_row: torch.Tensor, r
     stacked = stacked_weights(layer, names, active, weights_a)
     form = FORM if FORM != "auto" else ("concatenated" if result.is_cuda else "gathered")
     if form == "concatenated":
-        return add_concatenated_update(result, x, stacked, group_of_row)
-    return add_gathered_update(result, x, stacked, group_of_row)
+        return add_concatenated_update(result, x, stacked, mixed.own_columns(stacked.a.shape[1], result.dtype))
+    return add_gathered_update(result, x, stacked, mixed.group_of_row)
 
 
 class StackedWeights:
@@ -91,13 +90,13 @@ def add_gathered_update(result: torch.Tensor, x: torch.Tensor, stacked: StackedW
 
 
 def add_concatenated_update(result: torch.Tensor, x: torch.Tensor, stacked: StackedWeights,
-                            group_of_row: torch.Tensor) -> torch.Tensor:
-    """The concatenated form: all adapters' A in one product, other adapters' columns zeroed per row."""
+                            own_columns: torch.Tensor) -> torch.Tensor:
+    """The concatenated form: all adapters' A in one product, other adapters' columns zeroed per row
+    (``own_columns``: [batch, 1, G·r], 1 where a column belongs to the row's adapter)."""
     groups, rank, width = stacked.a.shape
     batch = result.shape[0]
     down = F.linear(x.reshape(batch, -1, width).to(stacked.a.dtype), stacked.a.reshape(groups * rank, width))
-    own = group_of_row[:, None] == torch.arange(groups, device=group_of_row.device)[None, :]  # [batch, G]
-    down.mul_(own.repeat_interleave(rank, dim=1).to(down.dtype)[:, None, :])
+    down.mul_(own_columns)
     result.view(-1, result.shape[-1]).addmm_(down.view(-1, groups * rank), stacked.b_side_by_side().t(),
                                              alpha=stacked.scale)
     return result
