@@ -51,7 +51,7 @@ def training_steps(options: TrainOptions) -> int:
 def peft_wrapper(options: TrainOptions):
     """``wrap`` for ``setup_classifier`` that puts Hugging Face peft's implementation of the method in."""
 
-    def wrap(model, method, config):
+    def wrap(model, method, config, sharded: bool = False):  # bench runs are single processes
         import peft
 
         from peftkit.core.registry import method_for_config

@@ -3,7 +3,8 @@
 transformers shards the frozen base model while loading it (``from_pretrained(distributed_config=...)``,
 torch's ``fully_shard`` over all the processes): each transformer layer is a unit whose weights are
 gathered for its forward and backward and freed after; the embeddings, final norm and head sit in units
-of their own or in the root. Each process keeps 1/N of the base weights.
+of their own or in the root. Each process keeps 1/N of the base weights. A model to be quantised (QLoRA)
+loads whole, is quantised, and is then sharded the same way (``shard_loaded``).
 
 The method's parameters, added after loading, are whole on every process: transformers' Trainer (which
 skips DDP for a model sharded at load time) broadcasts them from rank 0 and averages their gradients.
@@ -101,3 +102,34 @@ def held_parameters(model: nn.Module) -> int | None:
     if not any(isinstance(p, DTensor) for p in parameters):
         return None
     return sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in parameters)
+
+
+def shard_loaded(model: nn.Module) -> None:
+    """Shard a model that was loaded whole (QLoRA's, quantised after loading) as transformers shards one
+    while loading: each transformer layer a unit, then the root (torch's ``fully_shard`` over all processes);
+    then mark it sharded at load time, so that transformers' Trainer leaves its gradients to FSDP instead of
+    wrapping it in DDP. torchao's NF4 weights shard whole blocks of scales; a layer too small to split gets
+    a one-line error."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from peftkit.core.errors import ConfigError
+
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    mesh = init_device_mesh(device_type, (process_count(),))
+    stacks = [pattern.removesuffix(".*") for pattern in layer_units(model)]
+    units = [(f"{stack}.{index}", layer) for stack in stacks
+             for index, layer in enumerate(model.get_submodule(stack))]
+    for name, module in [*units, ("the model", model)]:
+        try:
+            fully_shard(module, mesh=mesh)
+        except AssertionError as exc:  # torchao: a weight's NF4 scales do not split evenly
+            raise ConfigError(f"--fsdp: the 4-bit weights of {name} cannot be split over {process_count()} "
+                              f"processes ({exc})") from None
+    model._is_distributed_loading_by_transformers = True  # read by transformers' Trainer
+    model._is_fsdp_managed_module = True  # read by transformers' generation and gradient accumulation

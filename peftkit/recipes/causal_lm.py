@@ -36,6 +36,7 @@ from peftkit.recipes.training import (
     recipe_config,
     run_trainer,
     save_result,
+    loads_sharded,
     sharded_run,
     split_rows,
     with_method,
@@ -165,9 +166,10 @@ def train_causal_lm(options: TrainOptions) -> TrainResult:
     started = time.perf_counter()
     torch.manual_seed(options.seed)
     model_dir = resolve_causal_lm_dir(options.model)
-    tokenizer, model = load_causal_lm(model_dir, sharded=sharded_run(options))
+    tokenizer, model = load_causal_lm(model_dir, sharded=loads_sharded(options))
     train_examples, eval_examples = _data(options, tokenizer)
-    peft_model, quantization = with_method(model, options.method, recipe_config(options, "CAUSAL_LM", model_dir, []))
+    peft_model, quantization = with_method(model, options.method, recipe_config(options, "CAUSAL_LM", model_dir, []),
+                                           sharded_run(options))
     trainable, total = parameter_counts(peft_model)
     held = held_parameters(peft_model)
     learning_rate = options.lr or CAUSAL_LM_LEARNING_RATES.get(options.method, LEARNING_RATES.get(options.method, 1e-4))

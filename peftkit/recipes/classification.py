@@ -29,6 +29,7 @@ from peftkit.recipes.training import (
     recipe_config,
     run_trainer,
     save_result,
+    loads_sharded,
     sharded_run,
     split_rows,
     with_method,
@@ -85,12 +86,13 @@ class ClassifierSetup:
 
 def setup_classifier(options: TrainOptions, wrap=with_method) -> ClassifierSetup:
     """Read the data, load the model with a fresh head and wrap it with ``options.method``: ``wrap(model,
-    method, config)`` returns (the model to train, its base quantisation); ``with_method`` is peftkit's."""
+    method, config, sharded)`` returns (the model to train, its base quantisation); ``with_method`` is
+    peftkit's."""
     torch.manual_seed(options.seed)
     data = load_task_data(options)
     config = recipe_config(options, "SEQ_CLS", data.model_dir, data.labels.names)
-    tokenizer, model = load_sequence_classifier(data.model_dir, data.labels.names, sharded=sharded_run(options))
-    peft_model, quantization = wrap(model, options.method, config)
+    tokenizer, model = load_sequence_classifier(data.model_dir, data.labels.names, sharded=loads_sharded(options))
+    peft_model, quantization = wrap(model, options.method, config, sharded_run(options))
     return ClassifierSetup(data=data, tokenizer=tokenizer, model=peft_model, quantization=quantization,
                            dataset=tokenize(tokenizer, data.train, options.max_length),
                            eval_encoded=tokenize(tokenizer, data.eval, options.max_length),

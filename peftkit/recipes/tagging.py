@@ -19,7 +19,7 @@ from peftkit.core.errors import ConfigError
 from peftkit.core.pretrained import load_token_classifier, resolve_model_dir
 from peftkit.core.sharding import held_parameters
 from peftkit.recipes.training import (LEARNING_RATES, TrainOptions, TrainResult, autocast, parameter_counts,
-                                      recipe_config, run_trainer, save_result, sharded_run, split_rows,
+                                      recipe_config, run_trainer, save_result, loads_sharded, sharded_run, split_rows,
                                       with_method)
 from peftkit.tasks.classification import LabelSet
 from peftkit.tasks.data import read_rows
@@ -94,8 +94,8 @@ def train_tagger(options: TrainOptions) -> TaggerRun:
     model_dir = resolve_model_dir(options.model)
     data = load_tagging_data(options)
     config = recipe_config(options, "TOKEN_CLS", model_dir, data.tags.names)
-    tokenizer, model = load_token_classifier(model_dir, data.tags.names, sharded=sharded_run(options))
-    peft_model, quantization = with_method(model, options.method, config)
+    tokenizer, model = load_token_classifier(model_dir, data.tags.names, sharded=loads_sharded(options))
+    peft_model, quantization = with_method(model, options.method, config, sharded_run(options))
     trainable, total = parameter_counts(peft_model)
     held = held_parameters(peft_model)
     train = tokenize_tagged(tokenizer, data.train, options.max_length)

@@ -26,7 +26,7 @@ from peftkit.core.errors import CheckpointError, ConfigError
 from peftkit.core.peft_model import PeftModel, get_peft_model
 from peftkit.core.quantization import quantize_nf4
 from peftkit.core.registry import method_by_name
-from peftkit.core.sharding import process_count
+from peftkit.core.sharding import process_count, shard_loaded
 from peftkit.recipes.checkpoints import TrainingCheckpoints, last_checkpoint
 
 # Method settings used by `peftkit train` unless the user sets them (LoRA on every linear layer).
@@ -156,9 +156,6 @@ def sharded_run(options: TrainOptions) -> bool:
     if options.recipe is not None:
         raise ConfigError(f"--fsdp applies to plain training (classification, token-classification, causal-lm), "
                           f"not to --recipe {options.recipe}")
-    if options.method in QUANTIZED_METHODS:
-        raise ConfigError(f"--fsdp: {options.method} quantises the base weights after loading, which a model "
-                          f"sharded while loading does not allow; train it without --fsdp (DDP)")
     if options.save_steps or options.resume:
         raise ConfigError("--fsdp cannot be combined with --save-steps / --resume: transformers' Trainer does "
                           "not checkpoint the optimizer of a model sharded while loading")
@@ -225,12 +222,23 @@ def recipe_config(options: TrainOptions, task_type: str, model_dir: Path, labels
     return method_config(options.method, options.method_options, task_type, model_dir, labels)
 
 
-def with_method(model: torch.nn.Module, method: str, config) -> tuple[torch.nn.Module, str | None]:
+def with_method(model: torch.nn.Module, method: str, config, sharded: bool = False) -> tuple[torch.nn.Module,
+                                                                                             str | None]:
     """(the model to train, its base quantisation): quantised as the method wants, wrapped with the
-    adapter unless ``config`` is None (full fine-tuning)."""
+    adapter unless ``config`` is None (full fine-tuning). ``sharded`` (FSDP): a model loaded whole to be
+    quantised is sharded over the processes here, after quantising (``core/sharding.py``)."""
     quantization = base_quantization(method)
     quantize_base(model, quantization)
-    return (model if config is None else get_peft_model(model, config)), quantization
+    wrapped = model if config is None else get_peft_model(model, config)
+    if sharded and quantization is not None:
+        shard_loaded(model)
+    return wrapped, quantization
+
+
+def loads_sharded(options: TrainOptions) -> bool:
+    """Whether the base model loads sharded over the processes (FSDP); one to be quantised (QLoRA) loads
+    whole and is sharded after quantising (``with_method``)."""
+    return sharded_run(options) and base_quantization(options.method) is None
 
 
 def quantize_base(model: torch.nn.Module, quantization: str | None) -> None:

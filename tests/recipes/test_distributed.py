@@ -74,6 +74,41 @@ def test_two_processes_train_the_same_adapter_as_one(still_model, data, tmp_path
         assert torch.allclose(one[name], two[name], atol=1e-5), (name, (one[name] - two[name]).abs().max())
 
 
+@pytest.fixture(scope="module")
+def wide_model(model_dir, tmp_path_factory):
+    """A BERT wide enough (256) that its NF4 weights' blocks of scales split over 2 processes."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("wide-bert")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig(
+        vocab_size=len(tokenizer), hidden_size=256, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512,
+        max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_qlora_is_sharded_after_quantising_and_trains_the_same_adapter_as_one(wide_model, still_model, data,
+                                                                              tmp_path):
+    assert main(train_args(wide_model, data, tmp_path / "one", 8, "qlora")) == 0
+    done = two_processes(train_args(wide_model, data, tmp_path / "two", 4, "qlora") + ["--fsdp"])
+    assert done.returncode == 0, done.stderr[-8000:]
+    assert "sharded with FSDP2" in done.stdout
+    one, two = (load_file(tmp_path / run / "adapter_model.safetensors") for run in ("one", "two"))
+    assert one.keys() == two.keys()
+    for name in one:
+        assert torch.allclose(one[name], two[name], atol=1e-4), (name, (one[name] - two[name]).abs().max())
+    too_small = two_processes(train_args(still_model, data, tmp_path / "three", 4, "qlora") + ["--fsdp"])
+    assert ("peftkit: error: --fsdp: the 4-bit weights of bert.encoder.layer.0 cannot be split over 2 processes"
+            in too_small.stderr and "failed (exitcode: 2)" in too_small.stderr)  # each process: one line, exit 2
+
+
+def two_processes(arguments: list[str]) -> subprocess.CompletedProcess:
+    command = [sys.executable, *LAUNCHERS["torchrun"], str(free_port()), "-m", "peftkit", *arguments]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
 def test_gradient_checkpointing_recomputes_layers_and_trains_the_same(still_model, data, tmp_path):
     from peftkit.recipes.classification import setup_classifier
     from peftkit.recipes.training import TrainOptions, run_trainer
@@ -119,7 +154,7 @@ def test_a_causal_lm_sharded_over_two_processes_trains_the_same_lora_as_one(tmp_
         assert torch.allclose(one[name], two[name], atol=1e-5), (name, (one[name] - two[name]).abs().max())
 
 
-def test_fsdp_needs_several_processes_and_a_method_it_can_shard(still_model, data, tmp_path, monkeypatch, capsys):
+def test_fsdp_needs_several_processes_and_plain_training(still_model, data, tmp_path, monkeypatch, capsys):
     from peftkit.core.errors import ConfigError
     from peftkit.recipes.training import TrainOptions, sharded_run
 
@@ -128,8 +163,7 @@ def test_fsdp_needs_several_processes_and_a_method_it_can_shard(still_model, dat
     assert "--fsdp shards the model over the processes of torchrun" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     monkeypatch.setenv("WORLD_SIZE", "2")
-    for options, reason in [({"method": "qlora"}, "qlora quantises the base weights after loading"),
-                            ({"save_steps": 2}, "cannot be combined with --save-steps"),
+    for options, reason in [({"save_steps": 2}, "cannot be combined with --save-steps"),
                             ({"recipe": "pet"}, "not to --recipe pet")]:
         with pytest.raises(ConfigError, match=reason):
             sharded_run(TrainOptions(fsdp=True, **options))
