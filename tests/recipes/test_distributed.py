@@ -53,13 +53,12 @@ RUNS = [(method, [], [], "torchrun") for method in ("lora", "prompt", "adapter",
 
 
 @pytest.mark.parametrize("method, options, extra, launcher", RUNS,
-                         ids=[" ".join([launcher, method, *options, *extra]) for method, options, extra, launcher in RUNS])
+                         ids=[" ".join([launcher, method, *options, *extra]) for method, options, extra, launcher
+                              in RUNS])
 def test_two_processes_train_the_same_adapter_as_one(still_model, data, tmp_path, method, options, extra, launcher):
     assert main([*train_args(still_model, data, tmp_path / "one", 8, method), *options]) == 0
-    command = [sys.executable, *LAUNCHERS[launcher], str(free_port()), "-m", "peftkit",
-               *train_args(still_model, data, tmp_path / "two", 4, method), *options, *extra]  # 2 × 4 = 8
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = two_processes([*train_args(still_model, data, tmp_path / "two", 4, method), *options, *extra],
+                         launcher)  # 2 × 4: the same batch of 8
     assert done.returncode == 0, done.stderr[-8000:]
     assert done.stdout.count("peftkit train:") == 1  # only rank 0 prints (and writes)
     if "--fsdp" in extra:  # each process holds about half the frozen base weights (and the adapter whole)
@@ -67,11 +66,22 @@ def test_two_processes_train_the_same_adapter_as_one(still_model, data, tmp_path
         held, total = (int(n.replace(",", "")) for n in re.search(
             r"each of 2 processes holds ([\d,]+) of the ([\d,]+) parameters", done.stdout).groups())
         assert held < total and total - held >= 0.45 * (total - trainable), (held, trainable, total)
-    weights = "model.safetensors" if method == "full" else "adapter_model.safetensors"
-    one, two = load_file(tmp_path / "one" / weights), load_file(tmp_path / "two" / weights)
+    # QLoRA too: DDP leaves the frozen NF4 weights alone (a broadcast would re-quantise them)
+    assert_same_weights(tmp_path, "model.safetensors" if method == "full" else "adapter_model.safetensors")
+
+
+def two_processes(arguments: list[str], launcher: str = "torchrun") -> subprocess.CompletedProcess:
+    command = [sys.executable, *LAUNCHERS[launcher], str(free_port()), "-m", "peftkit", *arguments]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def assert_same_weights(folder, weights: str = "adapter_model.safetensors", atol: float = 1e-5) -> None:
+    """The weights trained by one process (``folder``/one) and by two (``folder``/two) are equal to ``atol``."""
+    one, two = load_file(folder / "one" / weights), load_file(folder / "two" / weights)
     assert one.keys() == two.keys()
-    for name in one:  # QLoRA too: DDP leaves the frozen NF4 weights alone (a broadcast would re-quantise them)
-        assert torch.allclose(one[name], two[name], atol=1e-5), (name, (one[name] - two[name]).abs().max())
+    for name in one:
+        assert torch.allclose(one[name], two[name], atol=atol), (name, (one[name] - two[name]).abs().max())
 
 
 @pytest.fixture(scope="module")
@@ -95,18 +105,10 @@ def test_qlora_is_sharded_after_quantising_and_trains_the_same_adapter_as_one(wi
     done = two_processes(train_args(wide_model, data, tmp_path / "two", 4, "qlora") + ["--fsdp"])
     assert done.returncode == 0, done.stderr[-8000:]
     assert "sharded with FSDP2" in done.stdout
-    one, two = (load_file(tmp_path / run / "adapter_model.safetensors") for run in ("one", "two"))
-    assert one.keys() == two.keys()
-    for name in one:
-        assert torch.allclose(one[name], two[name], atol=1e-4), (name, (one[name] - two[name]).abs().max())
+    assert_same_weights(tmp_path, atol=1e-4)
     too_small = two_processes(train_args(still_model, data, tmp_path / "three", 4, "qlora") + ["--fsdp"])
     assert ("peftkit: error: --fsdp: the 4-bit weights of bert.encoder.layer.0 cannot be split over 2 processes"
             in too_small.stderr and "failed (exitcode: 2)" in too_small.stderr)  # each process: one line, exit 2
-
-
-def two_processes(arguments: list[str]) -> subprocess.CompletedProcess:
-    command = [sys.executable, *LAUNCHERS["torchrun"], str(free_port()), "-m", "peftkit", *arguments]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def test_gradient_checkpointing_recomputes_layers_and_trains_the_same(still_model, data, tmp_path):
@@ -142,16 +144,10 @@ def test_a_causal_lm_sharded_over_two_processes_trains_the_same_lora_as_one(tmp_
                 "--max-steps", "3", "--lr", "1e-2", "--batch-size", str(batch_size), "--output", str(output)]
 
     assert main(arguments(tmp_path / "one", 8)) == 0
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                           "127.0.0.1", "--master_port", str(free_port()), "-m", "peftkit",
-                           *arguments(tmp_path / "two", 4), "--fsdp"],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = two_processes([*arguments(tmp_path / "two", 4), "--fsdp"])
     assert done.returncode == 0, done.stderr[-8000:]
     assert "sharded with FSDP2" in done.stdout
-    one, two = (load_file(tmp_path / run / "adapter_model.safetensors") for run in ("one", "two"))
-    assert one.keys() == two.keys()
-    for name in one:
-        assert torch.allclose(one[name], two[name], atol=1e-5), (name, (one[name] - two[name]).abs().max())
+    assert_same_weights(tmp_path)
 
 
 def test_fsdp_needs_several_processes_and_plain_training(still_model, data, tmp_path, monkeypatch, capsys):
