@@ -168,6 +168,8 @@ class WorkerProcess:
     def run(self, job: dict, log: Path, steps: tqdm) -> dict:
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("")
+        if self.process is not None and self.process.poll() is not None:
+            self.close()  # it ended between jobs
         if self.process is None:
             self._start()
         self.process.stdin.write(json.dumps({**job, "log": str(log)}) + "\n")
