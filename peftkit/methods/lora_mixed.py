@@ -63,9 +63,10 @@ def stacked_weights(layer, names: list[str | None], active: list[str], weights_a
     generation's steps, repeated calls), so a call does not stack every adapter again."""
     weights_b = [layer.lora_B[n].weight for n in active]
     scalings = [layer.scaling[n] for n in active]
-    key = (tuple(names), tuple(scalings), tuple((w.data_ptr(), w._version) for w in (*weights_a, *weights_b)))
+    versions = tuple((w.data_ptr(), version(w)) for w in (*weights_a, *weights_b))
+    key = (tuple(names), tuple(scalings), versions) if all(v is not None for _, v in versions) else None
     cached = getattr(layer, "_stacked_weights", None)
-    if cached is not None and cached[0] == key:
+    if key is not None and cached is not None and cached[0] == key:
         return cached[1]
     by_name = dict(zip(active, zip(weights_a, weights_b, scalings, strict=True)))
     if len(set(scalings)) == 1 and len(active) == len(names):
@@ -77,6 +78,15 @@ def stacked_weights(layer, names: list[str | None], active: list[str], weights_a
     stacked = StackedWeights(torch.stack([by_name[n or active[0]][0] for n in names]), stacked_b, scale)
     layer._stacked_weights = (key, stacked)
     return stacked
+
+
+def version(tensor: torch.Tensor) -> int | None:
+    """How many times the tensor was changed in place; None for an inference tensor, which keeps no count
+    (its stacks are then made afresh each call)."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return None
 
 
 def add_gathered_update(result: torch.Tensor, x: torch.Tensor, stacked: StackedWeights,

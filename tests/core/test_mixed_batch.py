@@ -94,6 +94,9 @@ def test_same_rank_adapters_take_the_stacked_forms(monkeypatch, form):
         changed = model(**batch, adapter_names=names).logits
     assert layer._stacked_weights[1] is not stacked
     assert (changed - mixed).abs().max() > 1e-3 and (changed - one_by_one(model, batch, names)).abs().max() < 1e-5
+    with torch.inference_mode():  # an inference tensor keeps no count of in-place changes: never cached
+        made_in_inference = torch.zeros(2)
+    assert lora_mixed.version(made_in_inference) is None and lora_mixed.version(torch.zeros(2)) == 0
 
 
 def test_rows_use_their_own_classification_head_and_other_methods():
