@@ -3,7 +3,8 @@
 Bundled MiniLM and SST-2, LoRA, 20 steps of 16 per process (``peftkit.recipes`` directly, the same path as
 ``peftkit train``). The process peak (VmHWM) after each phase, in MiB.
 
-Usage: torchrun --nproc_per_node 2 benchmarks/fsdp_memory.py [--fsdp]
+Usage: [MALLOC_MMAP_THRESHOLD_=65536] torchrun --nproc_per_node 2 benchmarks/fsdp_memory.py [--fsdp]
+(the threshold makes freed large blocks go back to the system, so the peak counts live memory only)
 """
 
 from __future__ import annotations
