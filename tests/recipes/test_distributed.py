@@ -49,6 +49,7 @@ RUNS = [(method, [], [], "torchrun") for method in ("lora", "prompt", "adapter",
     ("lora", [], ["--gradient-checkpointing"], "torchrun")] + [
     (method, [], ["--fsdp"], "torchrun") for method in ("lora", "prompt", "adapter", "bitfit", "meft", "full")] + [
     ("lora", ["-o", "use_dora=true"], ["--fsdp"], "torchrun"), ("lora", ["-o", "bias=all"], ["--fsdp"], "torchrun"),
+    ("lora", [], ["--fsdp", "--gradient-checkpointing"], "torchrun"),
     ("lora", [], [], "accelerate"), ("lora", [], ["--fsdp"], "accelerate")]
 
 
