@@ -18,9 +18,9 @@ from peftkit.bench.memory import peak_rss_mib
 from peftkit.core.errors import ConfigError
 from peftkit.core.pretrained import load_token_classifier, resolve_model_dir
 from peftkit.core.sharding import held_parameters
-from peftkit.recipes.training import (LEARNING_RATES, TrainOptions, TrainResult, autocast, parameter_counts,
-                                      recipe_config, run_trainer, save_result, loads_sharded, sharded_run, split_rows,
-                                      with_method)
+from peftkit.recipes.training import (LEARNING_RATES, TrainOptions, TrainResult, autocast, loads_sharded,
+                                      parameter_counts, recipe_config, run_trainer, save_result, sharded_run,
+                                      split_rows, with_method)
 from peftkit.tasks.classification import LabelSet
 from peftkit.tasks.data import read_rows
 from peftkit.tasks.tagging import (EntityScores, TaggedExamples, entity_scores, find_tag_columns, load_tagged,
