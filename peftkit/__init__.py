@@ -4,7 +4,34 @@ from peftkit import methods  # noqa: F401  (registers the built-in methods)
 from peftkit.core.composition import Average, BatchSplit, Fuse, Parallel, Scale, Stack
 from peftkit.core.config import PeftConfig
 from peftkit.core.errors import CheckpointError, ConfigError, DataError, PeftkitError
+from peft import PeftType, TaskType  # peft's enums of names (plain strings in configs and files)
+
+from peftkit.core.adapter_files import get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
+from peftkit.core.auto import (
+    AutoPeftModel,
+    AutoPeftModelForCausalLM,
+    AutoPeftModelForFeatureExtraction,
+    AutoPeftModelForQuestionAnswering,
+    AutoPeftModelForSeq2SeqLM,
+    AutoPeftModelForSequenceClassification,
+    AutoPeftModelForTokenClassification,
+)
+from peftkit.core.peft_helpers import (
+    cast_mixed_precision_params,
+    get_peft_config,
+    inject_adapter_in_model,
+    prepare_model_for_kbit_training,
+)
 from peftkit.core.peft_model import PeftModel, get_peft_model
+from peftkit.core.peft_surface import get_layer_status, get_model_status
+from peftkit.core.task_models import (
+    PeftModelForCausalLM,
+    PeftModelForFeatureExtraction,
+    PeftModelForQuestionAnswering,
+    PeftModelForSeq2SeqLM,
+    PeftModelForSequenceClassification,
+    PeftModelForTokenClassification,
+)
 from peftkit.core.quantization import quantize_nf4, quiet_torchao_import_logs
 from peftkit.core.registry import Method, register_method, registered_methods
 from peftkit.core.targets import plan
@@ -27,6 +54,19 @@ quiet_torchao_import_logs()
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoPeftModel",
+    "AutoPeftModelForCausalLM",
+    "AutoPeftModelForFeatureExtraction",
+    "AutoPeftModelForQuestionAnswering",
+    "AutoPeftModelForSeq2SeqLM",
+    "AutoPeftModelForSequenceClassification",
+    "AutoPeftModelForTokenClassification",
+    "PeftType",
+    "TaskType",
+    "cast_mixed_precision_params",
+    "get_peft_config",
+    "inject_adapter_in_model",
+    "prepare_model_for_kbit_training",
     "AdaLoraAllocator",
     "AdaLoraConfig",
     "ApetConfig",
@@ -52,11 +92,22 @@ __all__ = [
     "Method",
     "PeftConfig",
     "PeftModel",
+    "PeftModelForCausalLM",
+    "PeftModelForFeatureExtraction",
+    "PeftModelForQuestionAnswering",
+    "PeftModelForSeq2SeqLM",
+    "PeftModelForSequenceClassification",
+    "PeftModelForTokenClassification",
     "PeftkitError",
     "PrefixTuningConfig",
     "PromptEncoderConfig",
     "PromptTuningConfig",
+    "get_layer_status",
+    "get_model_status",
     "get_peft_model",
+    "get_peft_model_state_dict",
+    "load_peft_weights",
+    "set_peft_model_state_dict",
     "plan",
     "quantize_nf4",
     "register_method",

@@ -8,9 +8,9 @@ Two ways in, two levels of strictness:
 * what a user writes (constructor, YAML, CLI) is strict: an unknown field is a ``ConfigError``
   naming it, with the closest known name as a hint;
 * an ``adapter_config.json`` written by peft or by a newer peftkit is forgiving
-  (:meth:`PeftConfig.from_saved`): an unknown field at a neutral value (``None``, ``False``, empty,
-  or peft's own default) is dropped with one warning naming it; an unknown field set to anything
-  else would change the computation, so it is an error.
+  (:meth:`PeftConfig.from_saved`): an unknown field at peft's own default for it (or, for a field the
+  installed peft does not know either, at a neutral value: ``None``, ``False``, empty) is dropped
+  silently; an unknown field set to anything else would change the computation, so it is an error.
 """
 
 from __future__ import annotations
@@ -18,15 +18,34 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import enum
 import functools
 import json
-import warnings
+import os
+from pathlib import Path
 from typing import Any, ClassVar
 
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+from peftkit.core.checkpoint import CONFIG_NAME, read_adapter_config, write_json
 from peftkit.core.errors import ConfigError
 
 # Fields peft writes that describe the file, not the computation.
 _METADATA_FIELDS = {"peft_version", "auto_mapping", "peftkit_version"}
+
+
+_CONFIG_CLASSES: dict[str, type] = {}  # peft_type -> the config class that reads it (filled by register_method)
+
+
+def register_config_class(config_cls: type) -> None:
+    _CONFIG_CLASSES.setdefault(config_cls.peft_type, config_cls)
+
+
+def config_class_for_peft_type(peft_type: str) -> type:
+    if peft_type not in _CONFIG_CLASSES:
+        raise ConfigError(f"peft_type '{peft_type}' is not supported by peftkit (supported: "
+                          f"{', '.join(sorted(_CONFIG_CLASSES))})")
+    return _CONFIG_CLASSES[peft_type]
 
 
 def config_dataclass(cls):
@@ -61,7 +80,14 @@ class PeftConfig:
     # Unknown fields written by peft and their defaults there, for forgiving reads (see module docstring).
     foreign_defaults: ClassVar[dict[str, Any]] = {}
 
+    @property
+    def is_prompt_learning(self) -> bool:
+        """Whether the method adds virtual tokens instead of changing modules (peft's property)."""
+        return False
+
     def __post_init__(self) -> None:
+        if isinstance(self.task_type, enum.Enum):  # peft's TaskType members are plain strings in files
+            self.task_type = self.task_type.value
         if isinstance(self.modules_to_save, str):
             self.modules_to_save = [self.modules_to_save]
         self.validate()
@@ -94,6 +120,21 @@ class PeftConfig:
                   if not (k in self.omit_at_default and v == defaults[k])}
         return {"peft_type": self.peft_type, **values}
 
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        """Write ``adapter_config.json`` into ``save_directory`` (peft's method)."""
+        write_json(Path(save_directory) / CONFIG_NAME, self.to_dict())
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None,
+                        **kwargs) -> PeftConfig:
+        """The config saved in an adapter folder (read forgivingly, see the module docstring), as the class of its
+        ``peft_type`` when called on ``PeftConfig``; ``kwargs`` set fields on top, as in peft."""
+        folder = Path(pretrained_model_name_or_path) / subfolder if subfolder else Path(pretrained_model_name_or_path)
+        raw = read_adapter_config(folder)
+        config_cls = cls if cls.peft_type else config_class_for_peft_type(raw["peft_type"])
+        config = config_cls.from_saved(raw, source=str(folder / CONFIG_NAME))
+        return config_cls.from_dict({**config.to_dict(), **kwargs}) if kwargs else config
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
@@ -111,23 +152,39 @@ class PeftConfig:
         """Forgiving read of a saved config (see module docstring)."""
         values = {k: v for k, v in values.items() if k not in _METADATA_FIELDS}
         known = set(cls.field_names()) | {"peft_type"}
-        ignored = []
+        peft_defaults = _peft_defaults(cls.peft_type)
         for name in [k for k in values if k not in known]:
             value = values.pop(name)
-            if _is_neutral(value) or value == cls.foreign_defaults.get(name, object()):
-                ignored.append(name)
-            else:
+            default = peft_defaults.get(name, cls.foreign_defaults.get(name, _NO_DEFAULT))
+            at_default = value == default or value == cls.foreign_defaults.get(name, _NO_DEFAULT)
+            if not at_default and not (default is _NO_DEFAULT and _is_neutral(value)):
                 raise ConfigError(
                     f"{source}: field '{name}' = {value!r} changes the computation and peftkit does not "
                     f"support it"
                 )
-        if ignored:
-            warnings.warn(
-                f"{source}: ignoring fields peftkit does not know, all at their default values: "
-                f"{', '.join(sorted(ignored))}",
-                stacklevel=2,
-            )
         return cls.from_dict(values)
+
+
+_NO_DEFAULT = object()
+
+
+@functools.cache
+def _peft_defaults(peft_type: str) -> dict[str, Any]:
+    """Each field's default in peft's config for ``peft_type``, as peft writes it to a file (empty if peft has no
+    such type)."""
+    config_cls = PEFT_TYPE_TO_CONFIG_MAPPING.get(peft_type)
+    if config_cls is None:
+        return {}
+    defaults = {}
+    for item in dataclasses.fields(config_cls):
+        if item.default is not dataclasses.MISSING:
+            value = item.default
+        elif item.default_factory is not dataclasses.MISSING:
+            value = item.default_factory()
+        else:
+            continue
+        defaults[item.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return defaults
 
 
 def _is_neutral(value: Any) -> bool:

@@ -45,10 +45,22 @@ class ModuleCopies(AdapterLayer):
 
 
 class ModulesToSave(ModuleCopies):
-    """Saved under the module's own parameter names (``classifier.weight``), as peft does."""
+    """Saved under the module's own parameter names (``classifier.weight``), as peft does; the original module is
+    held as ``original_module``, peft's name, so that state-dict names match peft's too."""
 
     adapter_attributes = ("modules_to_save",)
     copies_attribute = "modules_to_save"
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__(base_layer)
+        children = dict(self._modules)
+        self._modules.clear()
+        self._modules["original_module"] = children.pop("base_layer")  # first, as in peft's state dicts
+        self._modules.update(children)
+
+    @property
+    def base_layer(self) -> nn.Module:
+        return self._modules["original_module"]
 
     @classmethod
     def expected_shapes(cls, base_layer: nn.Module, config: PeftConfig, module_name: str) -> dict[str, tuple]:

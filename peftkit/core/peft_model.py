@@ -9,89 +9,126 @@ format and loaded from it. Whatever fails because of bad input fails before the 
 from __future__ import annotations
 
 import contextlib
-import re
+import dataclasses
 import inspect
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
-
-from peftkit.core.checkpoint import (
-    COMPOSITION_NAME,
-    CONFIG_NAME,
-    FUSION_NAME,
-    KEY_PREFIX,
-    PROMPT_KEY_PREFIX,
-    adapter_folder,
-    check_tensors,
-    read_adapter_config,
-    read_adapter_weights,
-    read_json,
-    read_tensors,
-    write_adapter,
-    write_json,
-    write_tensors,
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES,
+    MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
 )
-from peftkit.core.composition import (Composition, LearnedComposition, Parallel, Stack, composition_from_dict,
-                                      repeat_batch)
+
+from peftkit.core.adapter_files import AdapterFiles, module_key, parameter_key
+from peftkit.core.composition import Composition, LearnedComposition, Parallel, Stack, repeat_batch
 from peftkit.core.config import PeftConfig
-from peftkit.core.errors import CheckpointError, ConfigError
+from peftkit.core.errors import ConfigError
 from peftkit.core.layer import AdapterLayer, output_width
 from peftkit.core.lean import disable_lean_training, enable_lean_training
 from peftkit.core.mixed_batch import BASE_MODEL, MixedBatch
-from peftkit.core.modules_to_save import ModuleCopies, ModulesToSave
-from peftkit.core.prompt import SAVED_KEY, PromptAdapter
-from peftkit.core.registry import method_by_peft_type
-from peftkit.core.sharding import whole
-from peftkit.core.targets import ALL, ALL_LINEAR, Plan, base_of as _base_of, inside_adapter_container, plan
+from peftkit.core.modules_to_save import ModuleCopies
+from peftkit.core.peft_surface import PeftModelSurface, RecognisedAsPeft
+from peftkit.core.prompt import PromptAdapter
+from peftkit.core.targets import ALL, ALL_LINEAR, TASK_HEAD_NAMES, Plan, plan
+from peftkit.core.tuner import TunerModel
 
 
-def module_key(path: str) -> str:
-    """A module's name in peft's keys: nested adapter layers (``q.base_layer``) stand for their module (``q``)."""
-    while path.endswith(".base_layer"):
-        path = path[: -len(".base_layer")]
-    return path
+_TASK_MODEL_NAMES = {"CAUSAL_LM": MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, "SEQ_2_SEQ_LM": MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+                     "SEQ_CLS": MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+                     "TOKEN_CLS": MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
+                     "QUESTION_ANS": MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES}
 
 
-def parameter_key(name: str) -> str:
-    """A base parameter's name in peft's keys: one ``base_layer`` however many adapter layers are nested."""
-    return re.sub(r"(\.base_layer)+", ".base_layer", name)
+def task_type_of(model: nn.Module) -> str:
+    """peft's task type for a transformers model, from its class (``FEATURE_EXTRACTION`` for a bare model)."""
+    name = type(model).__name__
+    for task_type, names in _TASK_MODEL_NAMES.items():
+        if any(name == value or (isinstance(value, tuple) and name in value) for value in names.values()):
+            return task_type
+    return "FEATURE_EXTRACTION"
 
 
-def get_peft_model(model: nn.Module, config: PeftConfig, adapter_name: str = "default",
-                   lean_training: bool = True) -> PeftModel:
+def get_peft_model(model: nn.Module, config: PeftConfig, adapter_name: str = "default", mixed: bool = False,
+                   autocast_adapter_dtype: bool | None = None, revision: str | None = None,
+                   low_cpu_mem_usage: bool = False, lean_training: bool = True) -> PeftModel:
     """Wrap ``model`` with a new adapter described by ``config``; the model is changed in place.
 
+    With a ``task_type`` the wrapper is that task's class (``PeftModelForCausalLM`` …), as in peft.
     ``lean_training`` (default on) keeps less for backward with the same maths (``core.lean``).
+    ``autocast_adapter_dtype=True`` keeps a float16 / bfloat16 model's adapter weights in float32, as peft
+    does by default; peftkit's default (None) keeps them in the model's dtype. ``mixed`` is accepted: every
+    peftkit model can hold adapters of different methods. ``low_cpu_mem_usage`` changes nothing here: new
+    adapter weights are small and made in place.
     """
-    return PeftModel(model, config, adapter_name=adapter_name, lean_training=lean_training)
+    del mixed, low_cpu_mem_usage
+    if revision is not None:
+        config = dataclasses.replace(config, revision=revision)
+    model_class = PeftModel.for_task(config.task_type)
+    return model_class(model, config, adapter_name=adapter_name, lean_training=lean_training,
+                       autocast_adapter_dtype=autocast_adapter_dtype)
 
 
-class PeftModel(nn.Module):
-    def __init__(self, model: nn.Module, config: PeftConfig | None = None, adapter_name: str = "default",
+class PeftModel(AdapterFiles, PeftModelSurface, RecognisedAsPeft):
+    """A model with named adapters. ``base_model`` is a ``TunerModel`` holding the model as ``.model`` (or, when
+    the first adapter is prompt learning, the model itself), so names read as in peft."""
+
+    peft_config = None  # adapter name -> config: a plain attribute here, not peft's property
+    _task_type: ClassVar[str | None] = None  # the task of a task subclass (PeftModelForCausalLM: "CAUSAL_LM")
+    _task_classes: ClassVar[dict[str, type[PeftModel]]] = {}
+
+    def __init_subclass__(cls, task_type: str | None = None, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if task_type is not None:
+            cls._task_type = task_type
+            PeftModel._task_classes[task_type] = cls
+
+    @classmethod
+    def for_task(cls, task_type: str | None) -> type[PeftModel]:
+        """The wrapper class for ``task_type`` (peft's task classes); a task subclass stays itself."""
+        return cls if cls._task_type is not None else PeftModel._task_classes.get(task_type, cls)
+
+    def __init__(self, model: nn.Module, peft_config: PeftConfig | None = None, adapter_name: str = "default",
+                 autocast_adapter_dtype: bool | None = None, low_cpu_mem_usage: bool = False,
                  lean_training: bool = True) -> None:
-        super().__init__()
-        self.base_model = model
-        self.prompt_adapters = nn.ModuleDict()  # prompt-learning adapters, by adapter name
+        nn.Module.__init__(self)  # peft's __init__ is not run (see RecognisedAsPeft)
+        del low_cpu_mem_usage
         self.peft_config: dict[str, PeftConfig] = {}
+        self.base_model = model
+        self.prompt_encoder = nn.ModuleDict()  # prompt-learning adapters, by adapter name
         self.active_adapter: str | None = None  # the one active adapter, None while a composition is active
         self.active_composition: Composition | None = None
         self.trained_in_composition: list[str] | None = None
         self.prompts_disabled = False
-        if config is not None:
-            self.add_adapter(adapter_name, config)
+        self.inference_only = False  # set_adapter(..., inference_mode=True): nothing trains
+        if peft_config is not None:
+            self.add_adapter(adapter_name, peft_config, autocast_adapter_dtype=autocast_adapter_dtype)
         if lean_training:
             enable_lean_training(model)
 
     def __getattr__(self, name: str):
         try:
-            return super().__getattr__(name)
+            return nn.Module.__getattr__(self, name)
         except AttributeError:
             if name == "base_model":
                 raise
             return getattr(self.base_model, name)
+
+    def _hold_for(self, config: PeftConfig) -> None:
+        """Before the first adapter: put the model one level down (``base_model.model``) unless the adapter is
+        prompt learning, which in peft sits beside the model (``base_model`` is the model, ``word_embeddings``
+        its input embedding)."""
+        if self.peft_config or isinstance(self.base_model, TunerModel):
+            return
+        if config.is_prompt_learning:
+            self.word_embeddings = self.base_model.get_input_embeddings()
+        else:
+            self.base_model = TunerModel(self.base_model, self.peft_config)
 
     def active_names(self) -> list[str]:
         if self.active_composition is not None:
@@ -99,8 +136,8 @@ class PeftModel(nn.Module):
         return [self.active_adapter] if self.active_adapter else []
 
     def _active_prompt(self) -> PromptAdapter | None:
-        prompts = [n for n in self.active_names() if n in self.prompt_adapters]
-        return None if self.prompts_disabled or not prompts else self.prompt_adapters[prompts[0]]
+        prompts = [n for n in self.active_names() if n in self.prompt_encoder]
+        return None if self.prompts_disabled or not prompts else self.prompt_encoder[prompts[0]]
 
     @staticmethod
     def _keywords(args: tuple, kwargs: dict) -> dict:
@@ -120,7 +157,7 @@ class PeftModel(nn.Module):
             args = ()
         if prompt is None:
             return self.base_model(*args, **kwargs)
-        return self.base_model(**prompt.prepare(self.base_model, self._keywords(args, kwargs)))
+        return self.base_model(**prompt.prepare(self.get_base_model(), self._keywords(args, kwargs)))
 
     def generate(self, *args, adapter_names: list[str] | None = None, **kwargs):
         """The base model's ``generate``, with the active prompt adapter's virtual tokens or prefix, or with
@@ -132,15 +169,15 @@ class PeftModel(nn.Module):
             copies = max(kwargs.get("num_beams", 1), kwargs.get("num_return_sequences", 1))
             rows = [name for name in adapter_names for _ in range(copies)]
             with self._mixed_batch(rows, self._keywords(args, kwargs), expanded=copies):
-                return self.base_model.generate(*args, **kwargs)
+                return self.get_base_model().generate(*args, **kwargs)
         prompt = self._active_prompt()
         if prompt is None:
-            return self.base_model.generate(*args, **kwargs)
+            return self.get_base_model().generate(*args, **kwargs)
         kwargs = self._keywords(args, kwargs)
-        prepared = prompt.prepare(self.base_model, kwargs)
-        output = self.base_model.generate(**prepared)
+        prepared = prompt.prepare(self.get_base_model(), kwargs)
+        output = self.get_base_model().generate(**prepared)
         input_ids = kwargs.get("input_ids")
-        decoder_only = not getattr(self.base_model.config, "is_encoder_decoder", False)
+        decoder_only = not getattr(self.get_base_model().config, "is_encoder_decoder", False)
         if input_ids is not None and decoder_only and "input_ids" not in prepared:  # generated from embeddings
             output = torch.cat([input_ids, output], dim=1)
         return output
@@ -156,7 +193,7 @@ class PeftModel(nn.Module):
             if name == BASE_MODEL:
                 continue
             self._require(name)
-            if name in self.prompt_adapters:
+            if name in self.prompt_encoder:
                 raise ConfigError(f"adapter '{name}' is prompt learning: it changes the input length, so it cannot "
                                   f"share a batch with other adapters")
         layers = [layer for _, layer in self.adapter_layers()]  # one walk over the modules: they are many
@@ -176,25 +213,36 @@ class PeftModel(nn.Module):
     @property
     def accepts_loss_kwargs(self) -> bool:
         """Lets transformers' ``Trainer`` see the wrapped model's forward signature, not ours."""
-        if hasattr(self.base_model, "accepts_loss_kwargs"):
-            return self.base_model.accepts_loss_kwargs
-        parameters = inspect.signature(self.base_model.forward).parameters.values()
+        if hasattr(self.get_base_model(), "accepts_loss_kwargs"):
+            return self.get_base_model().accepts_loss_kwargs
+        parameters = inspect.signature(self.get_base_model().forward).parameters.values()
         return any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters)
 
     def get_base_model(self) -> nn.Module:
-        return self.base_model
+        """The adapted model (peft's name)."""
+        return self.base_model.model if isinstance(self.base_model, TunerModel) else self.base_model
 
     # ---- adapters -------------------------------------------------------------------------------
     def adapter_layers(self) -> Iterator[tuple[str, AdapterLayer]]:
         """(path, layer) for every adapter layer, outer before nested (``q.base_layer`` under ``q``)."""
-        for name, module in self.base_model.named_modules():
+        for name, module in self.get_base_model().named_modules():
             if isinstance(module, AdapterLayer):
                 yield name, module
 
-    def add_adapter(self, adapter_name: str, config: PeftConfig) -> None:
-        """Add a new adapter (not made active unless it is the first)."""
+    def add_adapter(self, adapter_name: str, peft_config: PeftConfig, low_cpu_mem_usage: bool = False,
+                    autocast_adapter_dtype: bool | None = None) -> None:
+        """Add a new adapter (not made active unless it is the first); arguments as ``get_peft_model``'s."""
+        del low_cpu_mem_usage
         self._check_new_name(adapter_name)
-        self._inject(adapter_name, plan(self.base_model, config))
+        self._inject(adapter_name, plan(self.get_base_model(), peft_config))
+        if autocast_adapter_dtype:
+            self._upcast_adapter(adapter_name)
+
+    def _upcast_adapter(self, adapter_name: str) -> None:
+        """peft's ``autocast_adapter_dtype``: float16 / bfloat16 adapter weights kept in float32."""
+        for tensor in self._trainable_tensors(adapter_name):
+            if tensor.dtype in (torch.float16, torch.bfloat16):
+                tensor.data = tensor.data.float()
 
     def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str,
                              combination_type: str = "svd", svd_rank: int | None = None, density: float | None = None,
@@ -218,21 +266,27 @@ class PeftModel(nn.Module):
         if getattr(config, "target_modules", None) in (ALL_LINEAR, ALL):
             # saved as the module names it meant here, so every reader (peft included) hits the same ones
             config.target_modules = [item.name for item in the_plan.modules if item.role == "adapt"]
+        if config.is_prompt_learning and config.task_type is None:  # peft runs a prompt only for a known task
+            config.task_type = task_type_of(self.get_base_model())
+        heads = TASK_HEAD_NAMES.get(config.task_type or "", [])
+        if heads:  # recorded as peft records them, so the saved config reads the same in both
+            config.modules_to_save = list(dict.fromkeys((config.modules_to_save or []) + heads))
         if config.base_model_name_or_path is None:
-            config.base_model_name_or_path = getattr(self.base_model, "name_or_path", None) or None
+            config.base_model_name_or_path = getattr(self.get_base_model(), "name_or_path", None) or None
+        self._hold_for(config)
         try:
             for item in the_plan.modules:
                 if item.role == "prompt":
-                    self.prompt_adapters[adapter_name] = item.layer_cls(config, self.base_model)
+                    self.prompt_encoder[adapter_name] = item.layer_cls(config, self.get_base_model())
                     continue
                 module = self._layer_of_class(item.name, item.layer_cls)
                 if module is None:  # wrap the module, or the adapter layers of other methods already on it
-                    module = item.layer_cls(self.base_model.get_submodule(item.name))
+                    module = item.layer_cls(self.get_base_model().get_submodule(item.name))
                     module.active_adapters = self.active_names()
                     module.composition = self.active_composition
                     self._replace(item.name, module)
                 module.add_adapter(adapter_name, config, item.name)
-                module.attach(self.base_model, item.name, config)
+                module.attach(self.get_base_model(), item.name, config)
                 module.train(module.base_layer.training)  # new dropout follows the model's train / eval mode
         except BaseException:
             self._remove_from_layers(adapter_name)
@@ -244,19 +298,19 @@ class PeftModel(nn.Module):
             self._mark_trainable()
 
     def _layer_of_class(self, name: str, layer_cls: type) -> AdapterLayer | None:
-        module = self.base_model.get_submodule(name)
+        module = self.get_base_model().get_submodule(name)
         while isinstance(module, AdapterLayer) and not isinstance(module, layer_cls):
             module = module.base_layer
         return module if isinstance(module, layer_cls) else None
 
     def _replace(self, name: str, module: nn.Module) -> None:
         parent_name, _, child = name.rpartition(".")
-        parent = self.base_model.get_submodule(parent_name) if parent_name else self.base_model
+        parent = self.get_base_model().get_submodule(parent_name) if parent_name else self.get_base_model()
         setattr(parent, child, module)
 
     def _remove_from_layers(self, adapter_name: str) -> None:
-        if adapter_name in self.prompt_adapters:
-            del self.prompt_adapters[adapter_name]
+        if adapter_name in self.prompt_encoder:
+            del self.prompt_encoder[adapter_name]
         for name, layer in reversed(list(self.adapter_layers())):  # nested layers first
             if layer.has_adapter(adapter_name):
                 layer.remove_adapter(adapter_name)
@@ -269,12 +323,14 @@ class PeftModel(nn.Module):
             raise ConfigError(f"no adapter named '{adapter_name}' (adapters: {known})")
         return self.peft_config[adapter_name]
 
-    def set_adapter(self, adapter: str | Composition, train: list[str] | None = None) -> None:
+    def set_adapter(self, adapter: str | Composition, train: list[str] | None = None,
+                    inference_mode: bool = False) -> None:
         """Use one adapter, or a composition of several (``Stack``, ``Parallel``, ``Average``, ``BatchSplit``,
         ``Fuse``, ``Scale`` from ``peftkit``), in forward passes.
 
         One adapter trains; in a composition the adapters named in ``train`` do (default: all of them,
         except under ``Fuse`` / ``Scale``, where their layers train and the adapters stay frozen).
+        ``inference_mode=True`` (peft's argument): nothing trains.
         """
         composition = None if isinstance(adapter, str) else adapter
         names = [adapter] if composition is None else list(composition.names)
@@ -295,10 +351,11 @@ class PeftModel(nn.Module):
         self.active_adapter = adapter if composition is None else None
         self.active_composition = composition
         self.trained_in_composition = list(train) if train is not None else None
+        self.inference_only = inference_mode
         self._mark_trainable()
 
     def _check_composition(self, composition: Composition) -> None:
-        prompts = [n for n in composition.names if n in self.prompt_adapters]
+        prompts = [n for n in composition.names if n in self.prompt_encoder]
         if prompts and not isinstance(composition, Stack):
             raise ConfigError(f"{type(composition).__name__} cannot take prompt-learning adapter(s) {prompts}: they "
                               f"change the input length; only Stack combines them with others")
@@ -353,9 +410,9 @@ class PeftModel(nn.Module):
 
     # ---- trainable parameters --------------------------------------------------------------------
     def _mark_trainable(self) -> None:
-        for parameter in self.base_model.parameters():
+        for parameter in self.get_base_model().parameters():
             parameter.requires_grad_(False)
-        for parameter in self.prompt_adapters.parameters():
+        for parameter in self.prompt_encoder.parameters():
             parameter.requires_grad_(False)
         composition = self.active_composition
         if composition is None:
@@ -364,7 +421,7 @@ class PeftModel(nn.Module):
             trained = self.trained_in_composition
         else:
             trained = [] if isinstance(composition, LearnedComposition) else list(composition.names)
-        for name in trained:
+        for name in [] if self.inference_only else trained:
             if not self.peft_config[name].inference_mode:
                 for parameter in self._trainable_tensors(name):
                     parameter.requires_grad_(True)
@@ -400,20 +457,31 @@ class PeftModel(nn.Module):
     def _merged(self) -> bool:
         return any(layer.merged_adapters for _, layer in self.adapter_layers())
 
-    def merge_adapter(self, safe_merge: bool = False) -> None:
-        """Fold the active adapter into the base weights; ``unmerge_adapter`` takes it out again."""
+    def _check_merge_names(self, adapter_names: list[str] | None) -> None:
+        if adapter_names is not None:
+            for name in adapter_names:
+                self._require(name)
+                if name in self.prompt_encoder:
+                    raise ConfigError(f"adapter '{name}' adds virtual tokens to the input; there is no weight to merge "
+                                      f"it into")
+            return
         if self._active_prompt() is not None:
             raise ConfigError(f"{type(self._active_prompt()).__name__} adds virtual tokens to the input; there is no "
                               f"weight to merge it into")
         if self.active_composition is not None and not isinstance(self.active_composition, Stack):
             raise ConfigError(f"{self.active_composition!r} gives each input its own mix of adapters; only a single "
                               f"adapter or a Stack can be merged into the weights")
+
+    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
+        """Fold the active adapter (or the named ones, in order) into the base weights; ``unmerge_adapter`` takes
+        them out again. ``safe_merge`` checks the merged weights are finite before changing any."""
+        self._check_merge_names(adapter_names)
         layers = [layer for _, layer in self.adapter_layers()]
         owners: dict[int, list[str]] = {}
-        for name, parameter in self.base_model.named_parameters(remove_duplicate=False):
+        for name, parameter in self.get_base_model().named_parameters(remove_duplicate=False):
             owners.setdefault(id(parameter), []).append(name)
         for path, layer in self.adapter_layers():
-            if not layer.adapters_to_apply():
+            if not (layer.adapters_to_apply() if adapter_names is None else layer.own(adapter_names)):
                 continue
             layer.check_mergeable()
             sharing = owners.get(id(getattr(layer.base_layer, "weight", None)), [])
@@ -424,7 +492,7 @@ class PeftModel(nn.Module):
                 )
         try:
             for layer in reversed(layers):  # nested layers first: an outer one acts on their output
-                layer.merge(layer.active_adapters, safe_merge=safe_merge)
+                layer.merge(layer.active_adapters if adapter_names is None else adapter_names, safe_merge=safe_merge)
         except BaseException:
             self.unmerge_adapter()
             raise
@@ -433,8 +501,13 @@ class PeftModel(nn.Module):
         for _, layer in self.adapter_layers():
             layer.unmerge()
 
-    def merge_and_unload(self, safe_merge: bool = False) -> nn.Module:
-        """Merge the active adapter and return the plain base model with the adapter layers removed."""
+    def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False,
+                         adapter_names: list[str] | None = None) -> nn.Module:
+        """Merge the active adapter (or the named ones) and return the plain base model with the adapter layers
+        removed. ``progressbar`` is accepted for peft's callers; merging takes no noticeable time to show."""
+        del progressbar
+        if adapter_names is not None:  # the named adapters' module copies (modules_to_save) are the ones kept
+            self.set_adapter(adapter_names[0] if len(adapter_names) == 1 else Stack(*adapter_names))
         self.merge_adapter(safe_merge=safe_merge)
         return self._unwrap_all()
 
@@ -446,216 +519,10 @@ class PeftModel(nn.Module):
         return self._unwrap_all()
 
     def _unwrap_all(self) -> nn.Module:
-        disable_lean_training(self.base_model)
+        disable_lean_training(self.get_base_model())
         for name, layer in reversed(list(self.adapter_layers())):
             self._replace(name, layer.unwrapped())
-        self.prompt_adapters.clear()
+        self.prompt_encoder.clear()
         self.peft_config.clear()
         self.active_adapter = None
-        return self.base_model
-
-    # ---- saving and loading ----------------------------------------------------------------------
-    def _bias_parameters(self, adapter_name: str) -> dict[str, nn.Parameter]:
-        """Base-model biases trained with this adapter (LoRA's ``bias='all' | 'lora_only'``)."""
-        bias = getattr(self.peft_config[adapter_name], "bias", "none")
-        if bias == "none":
-            return {}
-        if bias == "lora_only":
-            return {
-                f"{module_key(path)}.base_layer.bias": layer.bias
-                for path, layer in self.adapter_layers()
-                if layer.has_adapter(adapter_name) and not isinstance(layer, ModulesToSave) and layer.bias is not None
-            }
-        return {parameter_key(name): p for name, p in self._visible_base_parameters() if name.endswith(".bias")}
-
-    def _visible_base_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        """Base parameters, without adapter tensors or modules_to_save copies and originals."""
-        hidden = [path + "." for path, layer in self.adapter_layers() if isinstance(layer, ModulesToSave)]
-        for name, parameter in self.base_model.named_parameters():
-            if not any(name.startswith(h) for h in hidden) and not inside_adapter_container(self.base_model, name):
-                yield name, parameter
-
-    def _key_prefix(self, adapter_name: str) -> str:
-        """peft's prefix for module tensors: prompt-learning adapters sit one level higher."""
-        return PROMPT_KEY_PREFIX if adapter_name in self.prompt_adapters else KEY_PREFIX
-
-    def _adapter_tensors(self, adapter_name: str, saving: bool = False) -> dict[str, torch.Tensor]:
-        """The adapter's live tensors under their peft file keys (``saving``: in the form files hold)."""
-        prefix = self._key_prefix(adapter_name)
-        tensors = {}
-        if adapter_name in self.prompt_adapters:
-            tensors.update(self.prompt_adapters[adapter_name].saved_tensors())
-        for path, layer in self.adapter_layers():
-            if layer.has_adapter(adapter_name):
-                state = layer.saved_state_dict(adapter_name) if saving else layer.adapter_state_dict(adapter_name)
-                for key, tensor in state.items():
-                    tensors[f"{prefix}{module_key(path)}.{key}"] = tensor
-        for key, tensor in self._bias_parameters(adapter_name).items():
-            tensors[prefix + key] = tensor
-        return tensors
-
-    def _trainable_tensors(self, adapter_name: str) -> list[torch.Tensor]:
-        """The leaf parameters that train with the adapter (a prompt encoder's, not its output)."""
-        tensors = [t for key, t in self._adapter_tensors(adapter_name).items() if key != SAVED_KEY]
-        if adapter_name in self.prompt_adapters:
-            tensors += list(self.prompt_adapters[adapter_name].parameters())
-        return tensors
-
-    def _expected_tensors(self, the_plan: Plan, config: PeftConfig) -> tuple[dict[str, tuple], dict[str, tuple]]:
-        """Keys and shapes a checkpoint for ``the_plan`` must hold, and may hold, worked out before any change.
-
-        Optional: full input / output embedding weights, which peft saves next to an adapter that targets an
-        embedding (or after the vocabulary was resized); they are loaded into the base model, as peft does.
-        """
-        prompt = any(item.role == "prompt" for item in the_plan.modules)
-        prefix = PROMPT_KEY_PREFIX if prompt else KEY_PREFIX
-        required = {
-            (key if item.role == "prompt" else f"{prefix}{item.name}.{key}"): shape
-            for item in the_plan.modules for key, shape in item.shapes.items()
-        }
-        bias = getattr(config, "bias", "none")
-        adapted = {item.name for item in the_plan.modules if item.role == "adapt"}
-        saved = [item.name + "." for item in the_plan.modules if item.role == "save"]
-        embeddings = [self.base_model.get_input_embeddings(), self.base_model.get_output_embeddings()] if hasattr(
-            self.base_model, "get_input_embeddings") else []
-        optional = {}
-        for name, parameter in self._visible_base_parameters():
-            if any(name.startswith(s) for s in saved):
-                continue
-            owner_module = self.base_model.get_submodule(name.rpartition(".")[0]) if "." in name else self.base_model
-            owner, _, leaf = parameter_key(name).rpartition(".")
-            owner = module_key(owner)
-            key = prefix + (f"{owner}.base_layer.{leaf}" if owner in adapted else parameter_key(name))
-            if leaf == "bias" and (bias == "all" or (bias == "lora_only" and owner in adapted)):
-                required[key] = tuple(parameter.shape)
-            elif any(_base_of(owner_module) is e for e in embeddings if e is not None):
-                optional[key] = tuple(parameter.shape)
-        return required, optional
-
-    def save_pretrained(self, save_directory: str | Path, selected_adapters: list[str] | None = None,
-                        is_main_process: bool = True) -> None:
-        """Write each adapter in peft's format (``default`` at the root, others in sub-folders).
-
-        With a composition active (and all adapters saved), also ``peftkit_composition.json`` naming it and,
-        for ``Fuse`` / ``Scale``, their layers and ``modules_to_save`` in ``peftkit_fusion.safetensors`` (a
-        tensor shared by every module, ScaLearn++'s ω, is written once per module).
-        A model sharded with FSDP: every process calls this (sharded tensors are gathered), and only the
-        one with ``is_main_process`` writes, as in peft.
-        """
-        for name in selected_adapters or list(self.peft_config):
-            config = self._require(name).to_dict()
-            config["inference_mode"] = True
-            tensors = {key: whole(tensor) for key, tensor in self._adapter_tensors(name, saving=True).items()}
-            if is_main_process:
-                write_adapter(adapter_folder(save_directory, name), config, tensors)
-        composition = self.active_composition
-        if composition is None or selected_adapters is not None:
-            return
-        if isinstance(composition, LearnedComposition):
-            tensors = {key: whole(tensor).detach().clone() for key, tensor in self._fusion_tensors(composition).items()}
-            if is_main_process:
-                write_tensors(Path(save_directory) / FUSION_NAME, tensors)
-        if not is_main_process:
-            return
-        write_json(Path(save_directory) / COMPOSITION_NAME,
-                   {"composition": composition.to_dict(), "train": self.trained_in_composition})
-
-    def _fusion_tensors(self, fuse: LearnedComposition) -> dict[str, torch.Tensor]:
-        layers = {f"{path}.fusion.{key}": tensor for path, layer in self.adapter_layers() if fuse.key in layer.fusion
-                  for key, tensor in layer.fusion[fuse.key].state_dict().items()}
-        return {**layers, **self._composition_modules(fuse)}
-
-    @classmethod
-    def from_pretrained(
-        cls, model: nn.Module, model_id: str | Path, adapter_name: str = "default", is_trainable: bool = False
-    ) -> PeftModel:
-        """Load an adapter folder written by peftkit or peft onto ``model``.
-
-        A folder saved with a composition active loads all its adapters and activates the composition.
-        """
-        peft_model = cls(model)
-        if (Path(model_id) / COMPOSITION_NAME).is_file():
-            peft_model._load_composition(Path(model_id), is_trainable)
-        else:
-            peft_model.load_adapter(model_id, adapter_name=adapter_name, is_trainable=is_trainable)
-        return peft_model
-
-    def _load_composition(self, folder: Path, is_trainable: bool) -> None:
-        saved = read_json(folder / COMPOSITION_NAME, "composition file")
-        composition = composition_from_dict(saved.get("composition", {}))
-        for name in composition.names:
-            self.load_adapter(adapter_folder(folder, name), adapter_name=name, is_trainable=is_trainable)
-        self.set_adapter(composition, train=saved.get("train"))
-        if isinstance(composition, LearnedComposition):
-            tensors = read_tensors(folder / FUSION_NAME)
-            live = self._fusion_tensors(composition)
-            check_tensors(folder / FUSION_NAME, tensors, {k: tuple(v.shape) for k, v in live.items()}, {})
-            with torch.no_grad():
-                for key, tensor in tensors.items():
-                    live[key].copy_(tensor)
-        if not is_trainable:
-            self.requires_grad_(False)
-
-    def load_adapter(self, model_id: str | Path, adapter_name: str = "default", is_trainable: bool = False) -> None:
-        """Read, check, then inject: a missing, corrupt or mismatched file leaves the model unchanged."""
-        self._check_new_name(adapter_name)
-        raw = read_adapter_config(model_id)
-        method = method_by_peft_type(raw["peft_type"])
-        config = method.config_cls.from_saved(raw, source=str(Path(model_id) / CONFIG_NAME))
-        config.inference_mode = not is_trainable
-        tensors, path = read_adapter_weights(model_id)
-        the_plan = plan(self.base_model, config)
-        required, optional = self._expected_tensors(the_plan, config)
-        check_tensors(path, tensors, required, optional)
-        self._inject(adapter_name, the_plan)
-        if adapter_name in self.prompt_adapters:
-            self.prompt_adapters[adapter_name].load_saved(tensors)
-            self._mark_trainable()
-        live = {**self._adapter_tensors(adapter_name), **self._base_tensors_by_key(self._key_prefix(adapter_name))}
-        with torch.no_grad():
-            for key, tensor in tensors.items():
-                if key != SAVED_KEY:
-                    live[key].copy_(tensor.to(live[key].dtype))
-
-    def hotswap_adapter(self, model_id: str | Path, adapter_name: str = "default") -> None:
-        """Put the weights saved in ``model_id`` into the loaded adapter ``adapter_name`` in place: no module is
-        created or replaced, so references to the model (and compiled graphs) stay valid. The saved adapter must
-        be the same method with tensors of the same keys and shapes; its scaling (LoRA's alpha) may differ. A
-        mismatch is an error that changes nothing."""
-        current = self._require(adapter_name)
-        if any(adapter_name in layer.merged_adapters for _, layer in self.adapter_layers()):
-            raise ConfigError(f"adapter '{adapter_name}' is merged; unmerge it before hot-swapping its weights")
-        raw = read_adapter_config(model_id)
-        if raw["peft_type"] != current.peft_type:
-            raise CheckpointError(f"{model_id}: a {raw['peft_type']} adapter; '{adapter_name}' is {current.peft_type}")
-        config = type(current).from_saved(raw, source=str(Path(model_id) / CONFIG_NAME))
-        tensors, path = read_adapter_weights(model_id)
-        live = self._adapter_tensors(adapter_name)
-        check_tensors(path, tensors, {key: tuple(t.shape) for key, t in live.items()}, {})
-        with torch.no_grad():
-            for key, tensor in tensors.items():
-                live[key].copy_(tensor.to(live[key].dtype))
-        for path_name, layer in self.adapter_layers():
-            if hasattr(config, "scaling_for") and adapter_name in getattr(layer, "scaling", {}):
-                layer.scaling[adapter_name] = config.scaling_for(path_name)
-        config.target_modules, config.inference_mode = current.target_modules, current.inference_mode
-        self.peft_config[adapter_name] = config
-
-    def load_prompt(self, model_id: str | Path, adapter_name: str = "default") -> None:
-        """Start the prompt-learning adapter ``adapter_name`` from the virtual tokens saved in ``model_id``
-        (prompt transfer: a source task's trained prompt initialises the target's); the rest of that folder
-        (a head, other tensors) is not used."""
-        self._require(adapter_name)
-        if adapter_name not in self.prompt_adapters:
-            raise ConfigError(f"adapter '{adapter_name}' is not a prompt-learning adapter")
-        tensors, path = read_adapter_weights(model_id)
-        prompt = self.prompt_adapters[adapter_name]
-        wanted = tuple(prompt.virtual_tokens().shape)
-        if SAVED_KEY not in tensors or tuple(tensors[SAVED_KEY].shape) != wanted:
-            found = tuple(tensors[SAVED_KEY].shape) if SAVED_KEY in tensors else "none"
-            raise CheckpointError(f"{path}: needs '{SAVED_KEY}' of shape {wanted} to start the prompt from, found {found}")
-        prompt.load_saved(tensors)
-        self._mark_trainable()
-
-    def _base_tensors_by_key(self, prefix: str) -> dict[str, torch.Tensor]:
-        return {prefix + parameter_key(name): p for name, p in self._visible_base_parameters()}
+        return self.get_base_model()

@@ -46,6 +46,10 @@ class PromptLearningConfig(PeftConfig):
 
     omit_at_default: ClassVar[tuple[str, ...]] = ()
 
+    @property
+    def is_prompt_learning(self) -> bool:
+        return True
+
     def validate(self) -> None:
         super().validate()
         value = self.num_virtual_tokens

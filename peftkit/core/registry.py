@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from peftkit.core.config import PeftConfig
+from peftkit.core.config import PeftConfig, register_config_class
 from peftkit.core.errors import ConfigError
 from peftkit.core.layer import AdapterLayer
 
@@ -39,6 +39,7 @@ _METHODS: dict[str, Method] = {}
 
 def register_method(method: Method) -> Method:
     _METHODS[method.name] = method
+    register_config_class(method.config_cls)
     return method
 
 

@@ -77,7 +77,7 @@ def plan(model: nn.Module, config: PeftConfig) -> Plan:
     from peftkit.core.peft_model import PeftModel
 
     method = method_for_config(config)
-    base = model.base_model if isinstance(model, PeftModel) else model
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
     config = config.resolved(base)
     saved = _saved_modules(base, config)
     if method.prompt_cls is not None:

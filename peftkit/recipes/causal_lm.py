@@ -72,7 +72,7 @@ class LeftPadCollator:
 
 def _model_inputs(model, batch: dict) -> dict:
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
-    if isinstance(model, PeftModel) and model.prompt_adapters:
+    if isinstance(model, PeftModel) and model.prompt_encoder:
         inputs.pop("position_ids")  # virtual tokens shift positions; the model counts them itself
     return inputs
 

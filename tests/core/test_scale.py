@@ -146,7 +146,7 @@ def test_modules_to_save_train_with_the_composition_and_load_back(composition, t
     model = sources()
     model.set_adapter(composition)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert {"base_model.classifier.weight", "base_model.classifier.bias"} <= trainable
+    assert {"base_model.model.classifier.weight", "base_model.model.classifier.bias"} <= trainable
     assert all(".fusion." in n or ".classifier." in n for n in trainable)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05)
     head_before = model.base_model.classifier.weight.detach().clone()

@@ -111,13 +111,6 @@ def test_peft_adapter_loads_as_a_named_second_adapter(tmp_path):
     assert (logits(ours) - expected).abs().max() <= TOLERANCE
 
 
-def test_peft_config_fields_peftkit_lacks_are_ignored_with_a_warning_naming_them(tmp_path):
-    peft.get_peft_model(tiny_model("bert"), peft.LoraConfig(r=2, target_modules=["query"])).save_pretrained(tmp_path)
-    with pytest.warns(UserWarning, match="use_qalora") as caught:
-        peftkit.PeftModel.from_pretrained(tiny_model("bert"), tmp_path)
-    assert "layer_replication" in str(caught[0].message)
-
-
 def test_all_linear_is_saved_as_the_module_names_it_meant_so_peft_hits_the_same(tmp_path):
     config = peftkit.LoraConfig(r=2, target_modules="all-linear")
     ours = peftkit.get_peft_model(tiny_model("bert"), config)

@@ -33,11 +33,11 @@ def peftkit_like(peft_model, kind: str):
     """peftkit's AdaLoRA with the peft model's starting tensors."""
     ours = peftkit.get_peft_model(without_dropout(tiny_model(kind)), peftkit.AdaLoraConfig(target_modules=ATTENTION_TARGETS[kind],
                                                                           **SETTINGS))
-    theirs = {n.replace(".default", ""): p for n, p in peft_model.named_parameters() if "lora_" in n}
+    theirs = dict(peft_model.named_parameters())  # the same names as peft's
     with torch.no_grad():
         for name, parameter in ours.named_parameters():
             if "lora_" in name:
-                parameter.copy_(theirs["base_model.model." + name.removeprefix("base_model.").replace(".default", "")])
+                parameter.copy_(theirs[name])
     return ours
 
 

@@ -36,7 +36,7 @@ def test_adapters_on_encoder_decoders_start_at_the_base(kind, placement):
 def test_bert_parallel_adapter_reads_the_feed_forward_input():
     model = peftkit.get_peft_model(tiny_model("bert"), BottleneckConfig(placement="parallel", reduction_factor=4))
     randomize_trainable(model)
-    layer0 = model.base_model.bert.encoder.layer[0]
+    layer0 = model.get_base_model().bert.encoder.layer[0]
     seen = {}
     layer0.intermediate.register_forward_hook(lambda m, args, out: seen.update(block_input=args[0]))
     layer0.output.dense.base_layer.register_forward_hook(lambda m, args, out: seen.update(dense=out))

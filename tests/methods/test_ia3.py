@@ -40,7 +40,7 @@ def test_ia3_merges_and_unmerges_exactly(kind):
 
 def test_explicit_targets_without_feedforward_modules_scale_outputs():
     model = peftkit.get_peft_model(tiny_model("llama"), peftkit.IA3Config(target_modules=["down_proj"]))
-    layer = model.base_model.model.layers[0].mlp.down_proj
+    layer = model.get_base_model().model.layers[0].mlp.down_proj
     assert not layer.feedforward["default"] and layer.ia3_l["default"].shape == (32, 1)
 
 

@@ -47,7 +47,7 @@ def train(model, steps: int, scheduler_warmup: int | None = None, lr: float = 1e
 def test_importance_score_equals_hand_computation_on_one_layer():
     torch.manual_seed(0)
     model = peftkit.get_peft_model(nn.Sequential(nn.Linear(6, 5)), peftkit.IncreLoraConfig(target_modules=["0"]))
-    layer = model.base_model[0]
+    layer = model.get_base_model()[0]
     randomize_trainable(model)
     x = torch.randn(3, 4, 6)
     target = torch.randn(3, 4, 5)

@@ -32,16 +32,16 @@ def test_a_new_adapter_starts_at_the_pretrained_model(kind, variant):
 
 def test_rslora_scales_by_alpha_over_root_r():
     model = get_peft_model(tiny_model("llama"), LoraConfig(r=16, lora_alpha=8, use_rslora=True))
-    layer = model.base_model.model.layers[0].self_attn.q_proj
+    layer = model.get_base_model().model.layers[0].self_attn.q_proj
     assert layer.scaling["default"] == pytest.approx(8 / math.sqrt(16))
     plain = get_peft_model(tiny_model("llama"), LoraConfig(r=16, lora_alpha=8))
-    assert plain.base_model.model.layers[0].self_attn.q_proj.scaling["default"] == pytest.approx(0.5)
+    assert plain.get_base_model().model.layers[0].self_attn.q_proj.scaling["default"] == pytest.approx(0.5)
 
 
 def test_pissa_puts_the_principal_part_in_the_adapter_and_the_residual_in_the_base():
     original = tiny_model("llama").model.layers[0].self_attn.q_proj.weight.detach().clone()
     model = get_peft_model(tiny_model("llama"), LoraConfig(r=4, lora_alpha=4, init_lora_weights="pissa"))
-    layer = model.base_model.model.layers[0].self_attn.q_proj
+    layer = model.get_base_model().model.layers[0].self_attn.q_proj
     residual = layer.base_layer.weight
     singular = torch.linalg.svdvals(original)
     assert torch.linalg.svdvals(residual)[0] == pytest.approx(singular[4].item(), rel=1e-4)
@@ -50,7 +50,7 @@ def test_pissa_puts_the_principal_part_in_the_adapter_and_the_residual_in_the_ba
 
 def test_only_b_gets_a_gradient_at_the_start_and_both_after_a_step():
     model = get_peft_model(tiny_model("bert"), LoraConfig(r=4, target_modules=["query"], task_type="SEQ_CLS"))
-    layer = model.base_model.bert.encoder.layer[0].attention.self.query
+    layer = model.get_base_model().bert.encoder.layer[0].attention.self.query
     loss = model(**tiny_batch(), labels=torch.tensor([0, 1])).loss
     loss.backward()
     assert layer.lora_A["default"].weight.grad.abs().max() == 0  # B = 0 blocks A's gradient
@@ -60,7 +60,7 @@ def test_only_b_gets_a_gradient_at_the_start_and_both_after_a_step():
 
 def test_dora_magnitude_gets_a_gradient_and_starts_at_the_weight_norm():
     model = get_peft_model(tiny_model("llama"), LoraConfig(r=4, use_dora=True))
-    layer = model.base_model.model.layers[0].self_attn.q_proj
+    layer = model.get_base_model().model.layers[0].self_attn.q_proj
     magnitude = layer.lora_magnitude_vector["default"]
     assert torch.allclose(magnitude, layer.base_layer.weight.norm(dim=1))
     randomize_trainable(model)
@@ -87,9 +87,9 @@ def test_bias_option_chooses_which_biases_train(bias, count):
 
 def test_layer_types():
     model = get_peft_model(tiny_model("gpt2"), LoraConfig(r=2, target_modules=["c_attn", "wte"]))
-    assert isinstance(model.base_model.transformer.h[0].attn.c_attn, LoraLinear)
-    assert model.base_model.transformer.h[0].attn.c_attn.transposed  # Conv1D stores in × out
-    assert isinstance(model.base_model.transformer.wte, LoraEmbedding)
+    assert isinstance(model.get_base_model().transformer.h[0].attn.c_attn, LoraLinear)
+    assert model.get_base_model().transformer.h[0].attn.c_attn.transposed  # Conv1D stores in × out
+    assert isinstance(model.get_base_model().transformer.wte, LoraEmbedding)
 
 
 @settings(max_examples=25, deadline=None)

@@ -48,7 +48,7 @@ def test_inversion_rebuilds_a_layers_inputs_in_float64(kind, variant):
     arguments = {"attention_mask": None}
     if kind == "llama":
         x = torch.zeros(2, 7, 32, dtype=torch.float64)
-        arguments["position_embeddings"] = model.base_model.model.rotary_emb(x, torch.arange(7)[None])
+        arguments["position_embeddings"] = model.get_base_model().model.rotary_emb(x, torch.arange(7)[None])
     step = MeftStep(layer, "default", arguments)
     coupling = layer.settings["default"].coupling()
     generator = torch.Generator().manual_seed(0)

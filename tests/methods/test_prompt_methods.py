@@ -32,7 +32,7 @@ def cases():
 
 
 @pytest.mark.parametrize(("kind", "method"), list(cases()))
-def test_prompt_adapters_cross_between_peft_and_peftkit(kind, method, tmp_path):
+def test_prompt_encoder_cross_between_peft_and_peftkit(kind, method, tmp_path):
     ours_cls, theirs_cls, extra = METHODS[method]
     settings = {"num_virtual_tokens": 4, "task_type": TASK[kind], **extra}
     torch.manual_seed(0)
@@ -64,7 +64,7 @@ def test_prefix_tuning_works_on_an_encoder_and_its_parameters_learn(method):
     model = peftkit.get_peft_model(tiny_model("bert"), ours_cls(num_virtual_tokens=4, task_type="SEQ_CLS", **extra))
     assert_changed(logits(model), logits(tiny_model("bert")))
     model(**tiny_batch(), labels=torch.tensor([0, 2])).loss.backward()
-    grads = [p.grad for p in model.prompt_adapters["default"].parameters()]
+    grads = [p.grad for p in model.prompt_encoder["default"].parameters()]
     assert grads and all(g is not None and g.abs().max() > 0 for g in grads)
     with model.disable_adapter():
         assert torch.equal(logits(model), logits(tiny_model("bert")))
@@ -112,12 +112,12 @@ def test_prompt_tuning_initialised_from_text(tmp_path):
     config = PromptTuningConfig(num_virtual_tokens=5, prompt_tuning_init="TEXT", prompt_tuning_init_text="great movie",
                                 tokenizer_name_or_path=str(tmp_path), task_type="SEQ_CLS")
     model = peftkit.get_peft_model(tiny_model("bert"), config)
-    table = model.prompt_adapters["default"].embedding.weight
+    table = model.prompt_encoder["default"].embedding.weight
     words = model.base_model.get_input_embeddings().weight
     assert torch.equal(table, words[torch.tensor([5, 6, 5, 6, 5])])
 
 
-def test_prompt_adapters_cannot_be_merged_and_loaded_ones_can_keep_training(tmp_path):
+def test_prompt_encoder_cannot_be_merged_and_loaded_ones_can_keep_training(tmp_path):
     model = peftkit.get_peft_model(tiny_model("gpt2"), PromptEncoderConfig(num_virtual_tokens=4))
     with pytest.raises(ConfigError, match="no weight to merge"):
         model.merge_and_unload()
@@ -125,7 +125,7 @@ def test_prompt_adapters_cannot_be_merged_and_loaded_ones_can_keep_training(tmp_
     frozen = peftkit.PeftModel.from_pretrained(tiny_model("gpt2"), tmp_path)
     assert not any(p.requires_grad for p in frozen.parameters())
     trainable = peftkit.PeftModel.from_pretrained(tiny_model("gpt2"), tmp_path, is_trainable=True)
-    assert [n for n, p in trainable.named_parameters() if p.requires_grad] == ["prompt_adapters.default.loaded"]
+    assert [n for n, p in trainable.named_parameters() if p.requires_grad] == ["prompt_encoder.default.loaded"]
 
 
 def test_bad_prompt_settings_name_the_field():

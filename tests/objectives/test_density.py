@@ -35,7 +35,7 @@ def test_the_loss_averages_layers_and_examples_without_padding():
     model.train()
     batch = tiny_batch(batch=3, length=10)  # example 0 has two padding tokens
     objective = DensityLoss(model, weight=0.5, epsilon=1e-3)
-    assert list(objective.activations) == [f"base_model.bert.encoder.layer.{i}.intermediate.intermediate_act_fn"
+    assert list(objective.activations) == [f"base_model.model.bert.encoder.layer.{i}.intermediate.intermediate_act_fn"
                                            for i in range(2)]
     seen = []
     handles = [m.register_forward_hook(lambda mod, args, out: seen.append(out.detach()))

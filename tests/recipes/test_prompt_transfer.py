@@ -23,22 +23,22 @@ def saved_prompt(tmp_path, seed: int, near: torch.Tensor | None = None):
     model = prompt_model(seed)
     if near is not None:
         with torch.no_grad():
-            model.prompt_adapters["default"].embedding.weight.copy_(near + 0.1 * torch.randn_like(near))
+            model.prompt_encoder["default"].embedding.weight.copy_(near + 0.1 * torch.randn_like(near))
     folder = tmp_path / f"prompt{seed}"
     model.save_pretrained(folder)
-    return folder, model.prompt_adapters["default"].virtual_tokens().detach()
+    return folder, model.prompt_encoder["default"].virtual_tokens().detach()
 
 
 def test_load_prompt_starts_from_the_saved_tokens_and_trains_them(tmp_path):
     folder, tokens = saved_prompt(tmp_path, 1)
     model = prompt_model(2)
-    assert not torch.equal(model.prompt_adapters["default"].virtual_tokens(), tokens)
+    assert not torch.equal(model.prompt_encoder["default"].virtual_tokens(), tokens)
     model.load_prompt(folder)
-    loaded = model.prompt_adapters["default"].virtual_tokens()
+    loaded = model.prompt_encoder["default"].virtual_tokens()
     assert torch.equal(loaded.detach(), tokens) and loaded.requires_grad
 
 
-def test_load_prompt_refuses_other_shapes_and_non_prompt_adapters(tmp_path):
+def test_load_prompt_refuses_other_shapes_and_non_prompt_encoder(tmp_path):
     folder, _ = saved_prompt(tmp_path, 1)
     longer = peftkit.get_peft_model(tiny_model("bert"), peftkit.PromptTuningConfig(num_virtual_tokens=6))
     with pytest.raises(peftkit.CheckpointError, match=r"prompt_embeddings' of shape \(6, 32\)"):
