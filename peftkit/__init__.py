@@ -4,7 +4,7 @@ from peftkit import methods  # noqa: F401  (registers the built-in methods)
 from peftkit.core.composition import Average, BatchSplit, Fuse, Parallel, Scale, Stack
 from peftkit.core.config import PeftConfig
 from peftkit.core.errors import CheckpointError, ConfigError, DataError, PeftkitError
-from peft import PeftType, TaskType  # peft's enums of names (plain strings in configs and files)
+from peft import PeftType, PromptTuningInit, TaskType  # peft's enums of names (plain strings in files)
 
 from peftkit.core.adapter_files import get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
 from peftkit.core.auto import (
@@ -62,6 +62,7 @@ __all__ = [
     "AutoPeftModelForSequenceClassification",
     "AutoPeftModelForTokenClassification",
     "PeftType",
+    "PromptTuningInit",
     "TaskType",
     "cast_mixed_precision_params",
     "get_peft_config",

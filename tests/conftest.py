@@ -9,6 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -17,6 +18,7 @@ from transformers import (
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
+    PreTrainedTokenizerFast,
     logging,
 )
 
@@ -44,6 +46,13 @@ def tiny_model(kind: str) -> torch.nn.Module:
     else:
         raise ValueError(kind)
     return model.eval()
+
+
+def word_tokenizer():
+    """One word ``w<i>`` per id of the tiny models' vocabulary; ``w0`` pads and ends."""
+    core = Tokenizer(models.WordLevel({f"w{i}": i for i in range(VOCAB)}, unk_token="w1"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="w0", eos_token="w0", unk_token="w1")
 
 
 def without_dropout(model: torch.nn.Module) -> torch.nn.Module:
