@@ -160,8 +160,8 @@ def main() -> None:
     print(f"LoRA r=8 all-linear, lora_dropout {args.dropout}, {label}, batch {BATCH[model_name]}x{LENGTH}, "
           f"{torch.get_num_threads()} threads, {args.rounds}x{args.steps} timed steps each")
     print(f"{'measure':<34} {'peftkit':>12} {'peft':>12} {'peftkit/peft':>13}")
-    for label, ours, theirs in rows:
-        print(f"{label:<34} {ours:>12.4g} {theirs:>12.4g} {ours / theirs:>13.3f}")
+    for measure, ours, theirs in rows:
+        print(f"{measure:<34} {ours:>12.4g} {theirs:>12.4g} {ours / theirs:>13.3f}")
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"lora_vs_peft_{model_name}_dropout{args.dropout:g}.json"
     path.write_text(json.dumps({

@@ -217,8 +217,8 @@ class AdapterFiles:
             raise ConfigError("save_pretrained(safe_serialization=False): peftkit writes safetensors only, never a "
                               "pickle")
         if path_initial_model_for_weight_conversion is not None:
-            raise ConfigError("save_pretrained(path_initial_model_for_weight_conversion=...): peftkit has no PiSSA / "
-                              "OLoRA initialisation, so there is no weight conversion")
+            raise ConfigError("save_pretrained(path_initial_model_for_weight_conversion=...): peftkit does not convert "
+                              "a PiSSA / OLoRA adapter into a plain LoRA one when saving")
         reject_extra_arguments("save_pretrained", kwargs)
         for name in selected_adapters or list(self.peft_config):
             config = self._require(name).to_dict()

@@ -19,6 +19,11 @@ Outputs and gradients equal the plain path's (tests), except that dropout draws 
 different stream of the same generator: the same distribution, not the same masks.
 ``disable_lean_training`` undoes all of it. Under autocast nothing is tagged (a recomputation in
 backward would run outside the autocast region).
+
+Under ``torch.compile`` the autograd functions (fused LoRA, dropout, attention with dropout) are traced as
+they are, without graph breaks. The recompute tags (Python attributes on tensors) and the gated-MLP path
+(whose backward calls ``torch.autograd.grad``) step aside; the compiler's partitioner (AOTAutograd's
+min-cut) makes that kind of choice itself, recomputing cheap norms and activations in backward.
 """
 
 from __future__ import annotations
@@ -51,9 +56,15 @@ class Recompute:
     output_version: int
 
 
+def eager() -> bool:
+    """Whether the recompute tags and the gated-MLP path run: not while ``torch.compile`` traces (see the module
+    docstring)."""
+    return not torch.compiler.is_compiling()
+
+
 def tag_recomputable(output: torch.Tensor, function: Callable[..., torch.Tensor], *sources: torch.Tensor) -> None:
     """Record that ``output`` equals ``function(*sources)``, for adapter layers that would keep it."""
-    if output.requires_grad and torch.is_grad_enabled() and not (
+    if eager() and output.requires_grad and torch.is_grad_enabled() and not (
         torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
     ):
         recipe = Recompute(function, sources, tuple(t._version for t in sources), output._version)
@@ -118,7 +129,7 @@ class LeanGatedMLP:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_proj(x), self.up_proj(x)
         watched = any(hook is not _tag_output for hook in self.act_fn._forward_hooks.values())
-        if watched or not torch.is_grad_enabled() or not (gate.requires_grad or up.requires_grad):
+        if watched or not eager() or not torch.is_grad_enabled() or not (gate.requires_grad or up.requires_grad):
             return self.down_proj(self.act_fn(gate) * up)  # e.g. a density loss needs act(gate) itself
         hidden = GatedProduct.apply(gate, up, self.act_fn)
         tag_recomputable(hidden, partial(gated_product, self.act_fn), gate, up)

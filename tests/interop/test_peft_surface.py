@@ -104,7 +104,7 @@ def test_save_arguments(tmp_path):
     assert set(embeddings) - set(plain) == {"base_model.model.model.embed_tokens.weight", "base_model.model.lm_head.weight"}
     with pytest.raises(ConfigError, match="safetensors only"):
         ours.save_pretrained(tmp_path / "pickle", safe_serialization=False)
-    with pytest.raises(ConfigError, match="no PiSSA"):
+    with pytest.raises(ConfigError, match="does not convert"):
         ours.save_pretrained(tmp_path / "x", path_initial_model_for_weight_conversion="somewhere")
     with pytest.raises(ConfigError, match="does not support: push_to_hub_token"):
         ours.save_pretrained(tmp_path / "x", push_to_hub_token="t")
