@@ -1,116 +1,100 @@
-"""peftkit: parameter-efficient fine-tuning of pretrained language models."""
+"""peftkit: parameter-efficient fine-tuning of pretrained language models.
 
-from peftkit import methods  # noqa: F401  (registers the built-in methods)
-from peftkit.core.composition import Average, BatchSplit, Fuse, Parallel, Scale, Stack
-from peftkit.core.config import PeftConfig
-from peftkit.core.errors import CheckpointError, ConfigError, DataError, PeftkitError
-from peft import PeftType, PromptTuningInit, TaskType  # peft's enums of names (plain strings in files)
+Importing peftkit is light: each name below loads its module (and torch, transformers, peft) on first use, so
+that the command line answers ``--help`` and ``--version`` at once. The first such use also registers the
+built-in methods and peft's task classes.
+"""
 
-from peftkit.core.adapter_files import get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
-from peftkit.core.auto import (
-    AutoPeftModel,
-    AutoPeftModelForCausalLM,
-    AutoPeftModelForFeatureExtraction,
-    AutoPeftModelForQuestionAnswering,
-    AutoPeftModelForSeq2SeqLM,
-    AutoPeftModelForSequenceClassification,
-    AutoPeftModelForTokenClassification,
-)
-from peftkit.core.peft_helpers import (
-    cast_mixed_precision_params,
-    get_peft_config,
-    inject_adapter_in_model,
-    prepare_model_for_kbit_training,
-)
-from peftkit.core.peft_model import PeftModel, get_peft_model
-from peftkit.core.peft_surface import get_layer_status, get_model_status
-from peftkit.core.task_models import (
-    PeftModelForCausalLM,
-    PeftModelForFeatureExtraction,
-    PeftModelForQuestionAnswering,
-    PeftModelForSeq2SeqLM,
-    PeftModelForSequenceClassification,
-    PeftModelForTokenClassification,
-)
-from peftkit.core.quantization import quantize_nf4, quiet_torchao_import_logs
-from peftkit.core.registry import Method, register_method, registered_methods
-from peftkit.core.targets import plan
-from peftkit.methods.adalora import AdaLoraAllocator, AdaLoraConfig
-from peftkit.methods.apet import ApetConfig
-from peftkit.methods.bitfit import BitFitConfig
-from peftkit.methods.bottleneck import BottleneckConfig
-from peftkit.methods.ia3 import IA3Config
-from peftkit.methods.increlora import IncreLoraAllocator, IncreLoraConfig
-from peftkit.methods.lite_adapter import LiteAdapterConfig
-from peftkit.methods.ln_tuning import LNTuningConfig
-from peftkit.methods.lora import LoraConfig
-from peftkit.methods.meft import MeftConfig
-from peftkit.methods.prefix_tuning import PrefixTuningConfig
-from peftkit.methods.prompt_tuning import PromptEncoderConfig, PromptTuningConfig
-from peftkit.methods.vl_pet import VlPetConfig
+from __future__ import annotations
 
-quiet_torchao_import_logs()
+import importlib
+
+from peftkit.core.logs import quiet_library_logs
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AutoPeftModel",
-    "AutoPeftModelForCausalLM",
-    "AutoPeftModelForFeatureExtraction",
-    "AutoPeftModelForQuestionAnswering",
-    "AutoPeftModelForSeq2SeqLM",
-    "AutoPeftModelForSequenceClassification",
-    "AutoPeftModelForTokenClassification",
-    "PeftType",
-    "PromptTuningInit",
-    "TaskType",
-    "cast_mixed_precision_params",
-    "get_peft_config",
-    "inject_adapter_in_model",
-    "prepare_model_for_kbit_training",
-    "AdaLoraAllocator",
-    "AdaLoraConfig",
-    "ApetConfig",
-    "Average",
-    "BatchSplit",
-    "Fuse",
-    "Parallel",
-    "Scale",
-    "Stack",
-    "BitFitConfig",
-    "BottleneckConfig",
-    "CheckpointError",
-    "ConfigError",
-    "DataError",
-    "IA3Config",
-    "IncreLoraAllocator",
-    "IncreLoraConfig",
-    "LiteAdapterConfig",
-    "LNTuningConfig",
-    "LoraConfig",
-    "MeftConfig",
-    "VlPetConfig",
-    "Method",
-    "PeftConfig",
-    "PeftModel",
-    "PeftModelForCausalLM",
-    "PeftModelForFeatureExtraction",
-    "PeftModelForQuestionAnswering",
-    "PeftModelForSeq2SeqLM",
-    "PeftModelForSequenceClassification",
-    "PeftModelForTokenClassification",
-    "PeftkitError",
-    "PrefixTuningConfig",
-    "PromptEncoderConfig",
-    "PromptTuningConfig",
-    "get_layer_status",
-    "get_model_status",
-    "get_peft_model",
-    "get_peft_model_state_dict",
-    "load_peft_weights",
-    "set_peft_model_state_dict",
-    "plan",
-    "quantize_nf4",
-    "register_method",
-    "registered_methods",
-]
+# public name -> the module that defines it
+_EXPORTS = {
+    "AdaLoraAllocator": "peftkit.methods.adalora",
+    "AdaLoraConfig": "peftkit.methods.adalora",
+    "ApetConfig": "peftkit.methods.apet",
+    "AutoPeftModel": "peftkit.core.auto",
+    "AutoPeftModelForCausalLM": "peftkit.core.auto",
+    "AutoPeftModelForFeatureExtraction": "peftkit.core.auto",
+    "AutoPeftModelForQuestionAnswering": "peftkit.core.auto",
+    "AutoPeftModelForSeq2SeqLM": "peftkit.core.auto",
+    "AutoPeftModelForSequenceClassification": "peftkit.core.auto",
+    "AutoPeftModelForTokenClassification": "peftkit.core.auto",
+    "Average": "peftkit.core.composition",
+    "BatchSplit": "peftkit.core.composition",
+    "BitFitConfig": "peftkit.methods.bitfit",
+    "BottleneckConfig": "peftkit.methods.bottleneck",
+    "cast_mixed_precision_params": "peftkit.core.peft_helpers",
+    "CheckpointError": "peftkit.core.errors",
+    "ConfigError": "peftkit.core.errors",
+    "DataError": "peftkit.core.errors",
+    "Fuse": "peftkit.core.composition",
+    "get_layer_status": "peftkit.core.peft_surface",
+    "get_model_status": "peftkit.core.peft_surface",
+    "get_peft_config": "peftkit.core.peft_helpers",
+    "get_peft_model": "peftkit.core.peft_model",
+    "get_peft_model_state_dict": "peftkit.core.adapter_files",
+    "IA3Config": "peftkit.methods.ia3",
+    "IncreLoraAllocator": "peftkit.methods.increlora",
+    "IncreLoraConfig": "peftkit.methods.increlora",
+    "inject_adapter_in_model": "peftkit.core.peft_helpers",
+    "LiteAdapterConfig": "peftkit.methods.lite_adapter",
+    "LNTuningConfig": "peftkit.methods.ln_tuning",
+    "load_peft_weights": "peftkit.core.adapter_files",
+    "LoraConfig": "peftkit.methods.lora",
+    "MeftConfig": "peftkit.methods.meft",
+    "Method": "peftkit.core.registry",
+    "Parallel": "peftkit.core.composition",
+    "PeftConfig": "peftkit.core.config",
+    "PeftkitError": "peftkit.core.errors",
+    "PeftModel": "peftkit.core.peft_model",
+    "PeftModelForCausalLM": "peftkit.core.task_models",
+    "PeftModelForFeatureExtraction": "peftkit.core.task_models",
+    "PeftModelForQuestionAnswering": "peftkit.core.task_models",
+    "PeftModelForSeq2SeqLM": "peftkit.core.task_models",
+    "PeftModelForSequenceClassification": "peftkit.core.task_models",
+    "PeftModelForTokenClassification": "peftkit.core.task_models",
+    "PeftType": "peft",
+    "plan": "peftkit.core.targets",
+    "PrefixTuningConfig": "peftkit.methods.prefix_tuning",
+    "prepare_model_for_kbit_training": "peftkit.core.peft_helpers",
+    "PromptEncoderConfig": "peftkit.methods.prompt_tuning",
+    "PromptTuningConfig": "peftkit.methods.prompt_tuning",
+    "PromptTuningInit": "peft",
+    "quantize_nf4": "peftkit.core.quantization",
+    "register_method": "peftkit.core.registry",
+    "registered_methods": "peftkit.core.registry",
+    "Scale": "peftkit.core.composition",
+    "set_peft_model_state_dict": "peftkit.core.adapter_files",
+    "Stack": "peftkit.core.composition",
+    "TaskType": "peft",
+    "VlPetConfig": "peftkit.methods.vl_pet",
+}
+
+__all__ = sorted(_EXPORTS)
+
+quiet_library_logs()
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'peftkit' has no attribute '{name}'")
+    load_builtins()
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+def load_builtins() -> None:
+    """Register the built-in methods and peft's task classes (idempotent)."""
+    importlib.import_module("peftkit.methods")
+    importlib.import_module("peftkit.core.task_models")

@@ -17,9 +17,33 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local folders only; a hub name f
 
 import yaml  # noqa: E402
 
+from peftkit import __version__, load_builtins  # noqa: E402
 from peftkit.core.errors import ConfigError, PeftkitError  # noqa: E402
 
 EXIT_BAD_INPUT = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's parser, whose errors (an unknown flag, a value of the wrong kind) are one line and exit 2."""
+
+    def error(self, message: str):
+        print(f"peftkit: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def whole_number(minimum: int):
+    """An argparse type: a whole number ≥ ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number ≥ {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be a whole number ≥ {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "whole number"
+    return parse
 
 
 def _option_pairs(pairs: list[str]) -> dict:
@@ -44,6 +68,7 @@ def _read_config_file(path: str) -> dict:
 
 
 def _train_options(args: argparse.Namespace):
+    from peftkit.recipes.option_rules import check_options
     from peftkit.recipes.training import TrainOptions
 
     fields = {f.name for f in dataclasses.fields(TrainOptions)}
@@ -54,38 +79,57 @@ def _train_options(args: argparse.Namespace):
         if key not in fields:
             raise ConfigError(f"{args.config}: unknown option '{key}' (options: {', '.join(sorted(fields))})")
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if "method_options" in values:
+        check_options({"method_options": values["method_options"]})
     method_options = {**values.get("method_options", {}), **_option_pairs(args.option or [])}
     return TrainOptions(**{**values, **given, "method_options": method_options})
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from peftkit.recipes.training import sharded_run
+    from peftkit.recipes.training import prepare_run, sharded_run
 
     options = _train_options(args)
     sharded_run(options)  # --fsdp's conditions, checked before anything loads
-    if options.recipe is not None:
-        result = _run_recipe(options)
-    elif options.task == "causal-lm":
-        from peftkit.recipes.causal_lm import train_causal_lm
-
-        if options.init_prompt or options.teacher:
-            raise ConfigError("--init-prompt and --teacher apply to classification only")
-
-        result = train_causal_lm(options)
-    elif options.task == "classification":
-        from peftkit.recipes.classification import train_classifier
-
-        result = train_classifier(options)
-    elif options.task == "token-classification":
-        from peftkit.recipes.tagging import train_tagger
-
-        if options.init_prompt or options.teacher or options.density_loss:
-            raise ConfigError("--init-prompt, --teacher and --density-loss apply to classification only")
-        result = train_tagger(options).result
-    else:
-        raise ConfigError(f"task must be classification, token-classification or causal-lm, got {options.task!r}")
+    if options.recipe is None and options.task != "classification" and (options.init_prompt or options.teacher):
+        raise ConfigError("--init-prompt and --teacher apply to classification only")
+    if options.recipe is None and options.task == "token-classification" and options.density_loss:
+        raise ConfigError("--density-loss applies to classification and causal-lm only")
+    prepare_run(options)
+    try:
+        result = _train(options)
+    except KeyboardInterrupt:
+        print(f"peftkit: interrupted; {_where_to_resume(options)}", file=sys.stderr)
+        return 130
     _print_summary(options, result)
     return 0
+
+
+def _train(options):
+    if options.recipe is not None:
+        return _run_recipe(options)
+    if options.task == "causal-lm":
+        from peftkit.recipes.causal_lm import train_causal_lm
+
+        return train_causal_lm(options)
+    if options.task == "token-classification":
+        from peftkit.recipes.tagging import train_tagger
+
+        return train_tagger(options).result
+    from peftkit.recipes.classification import train_classifier
+
+    return train_classifier(options)
+
+
+def _where_to_resume(options) -> str:
+    """The newest checkpoint an interrupted run left, and how to continue from it."""
+    from peftkit.recipes.checkpoints import last_checkpoint
+    from peftkit.recipes.output_paths import CHECKPOINTS
+
+    checkpoint = last_checkpoint(Path(options.output) / CHECKPOINTS)
+    if checkpoint is None:
+        return ("no checkpoint was written" + ("" if options.save_steps else
+                                                " (pass --save-steps N to make a run resumable)"))
+    return f"the last checkpoint is {checkpoint}; run the same command with --resume to continue from it"
 
 
 def _run_recipe(options):
@@ -191,9 +235,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from transformers import AutoModelForCausalLM
-
-    from peftkit.core.pretrained import load_sequence_classifier, resolve_causal_lm_dir, resolve_model_dir
+    from peftkit.core.pretrained import (load_causal_lm, load_sequence_classifier, resolve_causal_lm_dir,
+                                         resolve_model_dir)
     from peftkit.core.targets import plan
     from peftkit.recipes.training import method_config
 
@@ -203,7 +246,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     model_dir = resolve_causal_lm_dir(args.model) if args.task == "causal-lm" else resolve_model_dir(args.model)
     if args.task == "causal-lm":
         config = method_config(args.method, options, "CAUSAL_LM", model_dir, labels)
-        model = AutoModelForCausalLM.from_pretrained(model_dir)
+        model = load_causal_lm(model_dir)[1]
     else:
         config = method_config(args.method, options, "SEQ_CLS", model_dir, labels)
         model = load_sequence_classifier(model_dir, labels)[1]
@@ -245,14 +288,18 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     from peftkit.core.checkpoint import read_json
+    from peftkit.recipes.output_paths import check_output, staged
     from peftkit.recipes.training import TASK_FILE, load_saved_adapter
 
     task = read_json(Path(args.adapter) / TASK_FILE, "peftkit task file").get("task")
+    base = args.model or read_json(Path(args.adapter) / "adapter_config.json").get("base_model_name_or_path")
+    target = check_output(args.output, inputs=(args.adapter, base), replaces_folder=True, overwrite=args.overwrite)
     # QLoRA: the base is quantised as it was trained, then merged into a dequantised copy, with a warning
     tokenizer, peft_model, _ = load_saved_adapter(args.adapter, task, args.model)
     merged = peft_model.merge_and_unload()
-    merged.save_pretrained(args.output)
-    tokenizer.save_pretrained(args.output)
+    with staged(target) as scratch:  # written aside and renamed into place: a failed save leaves nothing half-done
+        merged.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
     print(f"merged model saved to {args.output}/ (an ordinary transformers model folder)")
     return 0
 
@@ -260,17 +307,20 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def cmd_vocab_reduce(args: argparse.Namespace) -> int:
     from peftkit.core.pretrained import display_name, load_masked_lm, resolve_model_dir
     from peftkit.recipes.masked_lm import read_passages
-    from peftkit.recipes.vocabulary import reduce_vocabulary, save_reduced
+    from peftkit.recipes.output_paths import check_output, staged
+    from peftkit.recipes.vocabulary import check_scripts, reduce_vocabulary, save_reduced
 
     if not args.corpus and not args.scripts:
         raise ConfigError("vocab-reduce needs --corpus FILE or --scripts NAMES (e.g. latin)")
+    scripts = check_scripts(args.scripts.split(",")) if args.scripts else None
     texts = [t for path in args.corpus or [] for t in read_passages(path, args.text_column)] or None
     model_dir = resolve_model_dir(args.model)
+    target = check_output(args.output, inputs=(model_dir,), replaces_folder=True, overwrite=args.overwrite)
     tokenizer, model = load_masked_lm(model_dir)
     total = sum(p.numel() for p in model.parameters())
-    scripts = args.scripts.split(",") if args.scripts else None
     model, reduced, report = reduce_vocabulary(model, tokenizer, texts=texts, scripts=scripts)
-    save_reduced(model, reduced, args.output)
+    with staged(target) as scratch:
+        save_reduced(model, reduced, scratch)
     print(f"peftkit vocab-reduce: {display_name(model_dir)}: vocabulary {report['vocabulary_before']:,} -> "
           f"{report['vocabulary_after']:,} tokens; parameters {total:,} -> {total - report['parameters_removed']:,} "
           f"(-{report['parameters_removed']:,}, {100 * report['parameters_removed'] / total:.1f}%)")
@@ -303,6 +353,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from peftkit.bench.rows import bench_rows
     from peftkit.bench.runner import BenchSettings, environment, run_bench
     from peftkit.core.pretrained import display_name, resolve_model_dir
+    from peftkit.recipes.output_paths import check_output
 
     if args.vs_peft:
         try:
@@ -313,10 +364,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     rows = bench_rows(methods, args.options)
     model_dir = resolve_model_dir(args.model)
+    check_output(args.output, inputs=(model_dir, args.train, args.eval))
     settings = BenchSettings(
         model=args.model, train=args.train, eval=args.eval, text_column=args.text_column,
         text_pair_column=args.text_pair_column, label_column=args.label_column,
-        epochs=args.epochs or 1.0, max_steps=None if args.epochs and not args.max_steps else args.max_steps or 50,
+        epochs=1.0 if args.epochs is None else args.epochs,
+        max_steps=args.max_steps if args.max_steps is not None else None if args.epochs is not None else 50,
         batch_size=args.batch_size, max_length=args.max_length,
         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"), bf16=args.bf16,
         threads=args.threads)
@@ -332,7 +385,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="peftkit", description="Parameter-efficient fine-tuning.")
+    parser = OneLineParser(prog="peftkit", description="Parameter-efficient fine-tuning.")
+    parser.add_argument("--version", action="version", version=f"peftkit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="fine-tune an adapter (text classification or causal LM)",
@@ -382,6 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "schedule and random state every N steps (in OUTPUT/checkpoints; removed when training ends)")
     train.add_argument("--resume", action="store_true", default=None,
                        help="continue from the newest checkpoint in OUTPUT/checkpoints (same options)")
+    train.add_argument("--overwrite", action="store_true", default=None,
+                       help="replace another run's checkpoints in OUTPUT/checkpoints (without it, such a folder is "
+                            "refused unless --resume)")
     train.add_argument("--gradient-checkpointing", action="store_true", default=None,
                        help="recompute each layer's activations in backward (non-reentrant): less memory, more compute")
     train.add_argument("--fsdp", action="store_true", default=None,
@@ -399,14 +456,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--adapter", required=True)
     evaluate.add_argument("--eval", required=True)
     evaluate.add_argument("--model", help="base model folder (default: the one recorded in the adapter)")
-    evaluate.add_argument("--batch-size", type=int, default=128)
+    evaluate.add_argument("--batch-size", type=whole_number(1), default=128)
     evaluate.set_defaults(run=cmd_eval)
 
     generate = commands.add_parser("generate", help="continue a prompt with a causal-LM adapter")
     generate.add_argument("--adapter", required=True)
     generate.add_argument("--prompt", required=True)
     generate.add_argument("--model", help="base model folder (default: the one recorded in the adapter)")
-    generate.add_argument("--max-new-tokens", type=int, default=64)
+    generate.add_argument("--max-new-tokens", type=whole_number(1), default=64)
     generate.add_argument("--raw", action="store_true", help="use the prompt as written, without the chat template")
     generate.set_defaults(run=cmd_generate)
 
@@ -431,6 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     vocab.add_argument("--text-column")
     vocab.add_argument("--scripts", help="keep every token written in these Unicode scripts, e.g. latin,arabic")
     vocab.add_argument("--output", required=True)
+    vocab.add_argument("--overwrite", action="store_true", help="replace the output folder if it is not empty")
     vocab.set_defaults(run=cmd_vocab_reduce)
 
     bench = commands.add_parser("bench", help="train every method under one budget and compare them",
@@ -456,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seeds", default="42", help="comma-separated; every method runs once per seed")
     bench.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when there is one")
     bench.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
-    bench.add_argument("--threads", type=int, help="CPU threads per run (default: torch's)")
+    bench.add_argument("--threads", type=whole_number(1), help="CPU threads per run (default: torch's)")
     bench.add_argument("--vs-peft", action="store_true",
                        help="also run Hugging Face peft's implementation of each method it has; peftkit/peft ratios")
     bench.add_argument("--output", default="peftkit-bench", help="folder for the results (default peftkit-bench)")
@@ -466,13 +524,18 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--adapter", required=True)
     merge.add_argument("--output", required=True)
     merge.add_argument("--model")
+    merge.add_argument("--overwrite", action="store_true", help="replace the output folder if it is not empty")
     merge.set_defaults(run=cmd_merge)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)  # --help and --version end here, before torch is imported
+    except SystemExit as end:  # --help, --version (0) or a flag argparse refuses (2, one line)
+        return end.code
     warnings.filterwarnings("ignore", category=FutureWarning)
+    load_builtins()
     from transformers.utils import logging
 
     logging.set_verbosity_error()

@@ -133,7 +133,7 @@ def test_a_negative_density_loss_weight_is_a_one_line_error(model_dir, data, tmp
     code = main(["train", "--model", str(model_dir), "--train", str(data / "train.csv"), "--text-column", "review",
                  "--label-column", "sentiment", "--output", str(tmp_path / "adapter"), "--density-loss", "-1"])
     assert code == 2
-    assert "density loss weight must be a number >= 0" in capsys.readouterr().err
+    assert "density_loss (--density-loss) must be a finite number ≥ 0" in capsys.readouterr().err
 
 
 def test_prompt_transfer_with_a_teacher_from_the_command_line(model_dir, data, tmp_path, capsys):
@@ -147,3 +147,22 @@ def test_prompt_transfer_with_a_teacher_from_the_command_line(model_dir, data, t
                  "--teacher", str(tmp_path / "source"), "--output", str(tmp_path / "bad")])
     assert code == 2
     assert "teacher" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_version_and_help_answer_without_loading_torch_and_print_nothing_else():
+    """``peftkit --help`` / ``--version`` import neither torch nor transformers, and nothing goes to stderr."""
+    check = ("import sys; from peftkit.cli import main\n"
+             "assert main(['--version']) == 0\n"
+             "heavy = [m for m in ('torch', 'transformers', 'peft', 'torchao') if m in sys.modules]\n"
+             "assert not heavy, heavy")
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "peftkit 0.1.0" and result.stderr == "", result
+    result = subprocess.run([sys.executable, "-m", "peftkit", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "train" in result.stdout and result.stderr == ""
+
+
+def test_a_command_prints_no_library_warnings_before_its_own_output(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "peftkit", "info", str(tmp_path / "missing")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.splitlines() == [
+        f"peftkit: error: {tmp_path / 'missing'}: adapter folder not found (peftkit loads local folders only)"]

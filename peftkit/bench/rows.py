@@ -10,8 +10,9 @@ options. The YAML file maps a method name to its options, or to a list of option
     adapter: {reduction_factor: 32}
     dora: {r: 4}          # a variant: LoRA with use_dora
 
-Full fine-tuning is always the first row, the reference the others are compared with. A name that is no
-method still becomes a row: it fails with a one-line reason and the rest of the bench runs.
+Full fine-tuning is always the first row, the reference the others are compared with. Every row is checked
+before the first one runs (``runner.check_bench``): a name that is no method, or options a method refuses,
+stop the bench with a one-line error naming the row.
 """
 
 from __future__ import annotations
@@ -73,6 +74,10 @@ def bench_rows(methods: list[str] | None = None, options_file: str | Path | None
     names = list(dict.fromkeys(methods or default_methods()))
     if FULL_FINE_TUNING in names:
         names.remove(FULL_FINE_TUNING)
+    unused = [name for name in option_sets if name not in names]
+    if unused:
+        reason = "full fine-tuning takes no options" if unused[0] == FULL_FINE_TUNING else "not a benched method"
+        raise ConfigError(f"{options_file}: options for '{unused[0]}', {reason} (methods: {', '.join(names)})")
     rows = [BenchRow(FULL_FINE_TUNING, FULL_FINE_TUNING)]
     for name in names:
         base, variant_options = VARIANTS.get(name, (name, {}))

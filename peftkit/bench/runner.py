@@ -130,6 +130,29 @@ def worker_environment(settings: BenchSettings) -> dict:
     return env
 
 
+def check_bench(rows: list[BenchRow], settings: BenchSettings, seeds: list[int]) -> None:
+    """Every row checked before the first runs: the budget's values, the data files and columns, the model
+    folder, each method, its options and the modules they hit (planned on the model, changing nothing); a
+    ``ConfigError`` naming the row otherwise."""
+    from peftkit.core.pretrained import load_sequence_classifier
+    from peftkit.core.targets import plan
+    from peftkit.recipes.classification import load_task_data
+    from peftkit.recipes.training import recipe_config
+
+    if settings.threads is not None and (not isinstance(settings.threads, int) or settings.threads < 1):
+        raise ConfigError(f"threads (--threads) must be a whole number ≥ 1, got {settings.threads!r}")
+    data = load_task_data(TrainOptions(**job_input(Job(rows[0], seeds[0]), settings)["options"]))
+    _, model = load_sequence_classifier(data.model_dir, data.labels.names)
+    for row in rows:
+        try:
+            options = TrainOptions(**job_input(Job(row, seeds[0]), settings)["options"])
+            config = recipe_config(options, "SEQ_CLS", data.model_dir, data.labels.names)
+            if config is not None:
+                plan(model, config)
+        except ConfigError as exc:
+            raise ConfigError(f"bench row '{row.label}': {exc}") from None
+
+
 def not_runnable(job: Job) -> str | None:
     """Why the job cannot run (its method does not exist, or peft has no such form), or None: such a job
     needs no worker."""
@@ -224,6 +247,7 @@ def run_bench(rows: list[BenchRow], settings: BenchSettings, seeds: list[int], o
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda: this machine has no CUDA device")
     output = Path(output)
+    check_bench(rows, settings, seeds)
     check_settings(output, settings)
     started = time.perf_counter()
     jobs = bench_jobs(rows, seeds, vs_peft)

@@ -8,9 +8,9 @@ Two ways in, two levels of strictness:
 * what a user writes (constructor, YAML, CLI) is strict: an unknown field is a ``ConfigError``
   naming it, with the closest known name as a hint;
 * an ``adapter_config.json`` written by peft or by a newer peftkit is forgiving
-  (:meth:`PeftConfig.from_saved`): an unknown field at peft's own default for it (or, for a field the
-  installed peft does not know either, at a neutral value: ``None``, ``False``, empty) is dropped
-  silently; an unknown field set to anything else would change the computation, so it is an error.
+  (:meth:`PeftConfig.from_saved`): a field peft knows and peftkit does not is dropped silently at peft's
+  default for it, and is an error naming it at any other value (it would change the computation); a
+  field neither knows (a newer version's) is dropped with one warning naming it.
 """
 
 from __future__ import annotations
@@ -19,16 +19,20 @@ import copy
 import dataclasses
 import difflib
 import enum
+import warnings
 import functools
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 
+from peft import __version__ as peft_version
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
 from peftkit.core.checkpoint import CONFIG_NAME, read_adapter_config, write_json
 from peftkit.core.errors import ConfigError
+from peftkit.core.field_types import check_field_types
 
 # Fields peft writes that describe the file, not the computation.
 _METADATA_FIELDS = {"peft_version", "auto_mapping", "peftkit_version"}
@@ -90,6 +94,7 @@ class PeftConfig:
             self.task_type = self.task_type.value
         if isinstance(self.modules_to_save, str):
             self.modules_to_save = [self.modules_to_save]
+        check_field_types(self)
         self.validate()
 
     def validate(self) -> None:
@@ -152,16 +157,20 @@ class PeftConfig:
         """Forgiving read of a saved config (see module docstring)."""
         values = {k: v for k, v in values.items() if k not in _METADATA_FIELDS}
         known = set(cls.field_names()) | {"peft_type"}
-        peft_defaults = _peft_defaults(cls.peft_type)
+        peft_defaults = {**_peft_defaults(cls.peft_type), **cls.foreign_defaults}
+        unknown = []
         for name in [k for k in values if k not in known]:
             value = values.pop(name)
-            default = peft_defaults.get(name, cls.foreign_defaults.get(name, _NO_DEFAULT))
-            at_default = value == default or value == cls.foreign_defaults.get(name, _NO_DEFAULT)
-            if not at_default and not (default is _NO_DEFAULT and _is_neutral(value)):
+            if name not in peft_defaults:
+                unknown.append(name)
+            elif value != peft_defaults[name] and value != cls.foreign_defaults.get(name, _NO_DEFAULT):
                 raise ConfigError(
                     f"{source}: field '{name}' = {value!r} changes the computation and peftkit does not "
                     f"support it"
                 )
+        if unknown:
+            warnings.warn(f"{source}: ignoring field(s) neither peftkit nor peft {peft_version} knows: "
+                          f"{', '.join(sorted(unknown))}", stacklevel=2)
         return cls.from_dict(values)
 
 
@@ -235,6 +244,11 @@ class TargetedConfig(PeftConfig):
                 setattr(self, name, sorted(value))
             elif value is not None and not isinstance(value, (str, list)):
                 raise ConfigError(f"{name} must be a list of module names or a regex string, got {value!r}")
+            elif isinstance(value, str) and value != "all-linear":
+                try:
+                    re.compile(value)
+                except re.error as exc:
+                    raise ConfigError(f"{name} {value!r} is not a valid regular expression: {exc}") from None
         layers = self.layers_to_transform
         if layers is not None:
             indices = [layers] if isinstance(layers, int) else layers

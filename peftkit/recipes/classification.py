@@ -8,11 +8,13 @@ training the adapter is scored on the evaluation set and saved in peft's format,
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 
 from peftkit.bench.memory import peak_rss_mib
@@ -27,6 +29,7 @@ from peftkit.recipes.training import (
     load_saved_adapter,
     loads_sharded,
     parameter_counts,
+    read_saved_task,
     recipe_config,
     run_trainer,
     save_result,
@@ -58,6 +61,7 @@ def load_task_data(options: TrainOptions) -> TaskData:
     train_rows = read_rows(train_path)
     columns = find_columns(train_rows, train_path, options.text_column, options.text_pair_column,
                            options.label_column)
+    _, labels = load_examples(train_path, columns, rows=train_rows)  # every row checked, numbered as in the file
     if options.eval:
         eval_path, eval_rows = Path(options.eval), read_rows(options.eval)
     elif options.train:
@@ -66,7 +70,7 @@ def load_task_data(options: TrainOptions) -> TaskData:
     else:
         eval_path = bundled_sst2("dev")
         eval_rows = read_rows(eval_path)
-    train_examples, labels = load_examples(train_path, columns, rows=train_rows)
+    train_examples, _ = load_examples(train_path, columns, labels, rows=train_rows)
     eval_examples, _ = load_examples(eval_path, columns, labels, rows=eval_rows)
     return TaskData(model_dir, columns, labels, train_examples, eval_examples)
 
@@ -94,8 +98,8 @@ def setup_classifier(options: TrainOptions, wrap=with_method) -> ClassifierSetup
     tokenizer, model = load_sequence_classifier(data.model_dir, data.labels.names, sharded=loads_sharded(options))
     peft_model, quantization = wrap(model, options.method, config, sharded_run(options))
     return ClassifierSetup(data=data, tokenizer=tokenizer, model=peft_model, quantization=quantization,
-                           dataset=tokenize(tokenizer, data.train, options.max_length),
-                           eval_encoded=tokenize(tokenizer, data.eval, options.max_length),
+                           dataset=tokenize(tokenizer, data.train, options.max_length, "training"),
+                           eval_encoded=tokenize(tokenizer, data.eval, options.max_length, "evaluation"),
                            learning_rate=options.lr or LEARNING_RATES.get(options.method, 1e-3))
 
 
@@ -166,9 +170,12 @@ def count_correct(model: torch.nn.Module, tokenizer, examples: list[dict], batch
     was_training = model.training
     model.eval()
     correct = 0
-    for batch in _batches(model, tokenizer, examples, batch_size):
-        labels = batch.pop("labels")
-        correct += int((model(**batch).logits.argmax(-1) == labels).sum())
+    with tqdm(total=len(examples), desc="evaluating", unit="row", file=sys.stderr, leave=False,
+              disable=not sys.stderr.isatty()) as bar:
+        for batch in _batches(model, tokenizer, examples, batch_size):
+            labels = batch.pop("labels")
+            correct += int((model(**batch).logits.argmax(-1) == labels).sum())
+            bar.update(len(labels))
     model.train(was_training)
     return correct
 
@@ -183,11 +190,12 @@ class EvalResult:
 
 def evaluate_adapter(adapter_dir: str, eval_file: str, model: str | None = None,
                      batch_size: int = 128) -> EvalResult:
-    """Score a saved classification adapter on a labelled file."""
-    tokenizer, peft_model, task = load_saved_adapter(adapter_dir, "text-classification", model)
+    """Score a saved classification adapter on a labelled file (read and checked before the model loads)."""
+    task = read_saved_task(adapter_dir, "text-classification")
     columns = Columns(text=task["text_column"], label=task["label_column"], text_pair=task["text_pair_column"])
     labels = LabelSet(task["labels"])
     examples, _ = load_examples(eval_file, columns, labels)
+    tokenizer, peft_model, _ = load_saved_adapter(adapter_dir, "text-classification", model)
     correct = count_correct(peft_model, tokenizer, tokenize(tokenizer, examples, task["max_length"]), batch_size)
     return EvalResult(accuracy=correct / len(examples.labels), correct=correct, examples=len(examples.labels),
                       labels=labels.names)

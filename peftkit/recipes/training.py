@@ -13,6 +13,7 @@ import shutil
 import sys
 import tempfile
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from peftkit import methods  # noqa: F401  (registers the built-in methods the recipes look up by name)
 from peftkit.core.checkpoint import CONFIG_NAME, read_json, write_json
 from peftkit.core.errors import CheckpointError, ConfigError
 from peftkit.core.peft_model import PeftModel, get_peft_model
@@ -28,6 +30,8 @@ from peftkit.core.quantization import quantize_nf4
 from peftkit.core.registry import method_by_name
 from peftkit.core.sharding import process_count, shard_loaded
 from peftkit.recipes.checkpoints import TrainingCheckpoints, last_checkpoint
+from peftkit.recipes.option_rules import check_options
+from peftkit.recipes.output_paths import CHECKPOINTS, check_output
 
 # Method settings used by `peftkit train` unless the user sets them (LoRA on every linear layer).
 METHOD_DEFAULTS = {
@@ -46,7 +50,6 @@ FULL_FINE_TUNING = "full"
 # Methods that are another method on a quantised base model: name -> (adapter method, base quantisation).
 QUANTIZED_METHODS = {"qlora": ("lora", "nf4")}
 TASK_FILE = "peftkit_task.json"
-CHECKPOINTS = "checkpoints"  # the sub-folder of the output that holds training checkpoints
 
 
 @dataclass
@@ -81,8 +84,12 @@ class TrainOptions:
     rounds: int = 2  # LiST: self-training rounds
     save_steps: int | None = None  # checkpoint the trainable state every N steps (OUTPUT/checkpoints)
     resume: bool = False  # continue from the newest checkpoint in OUTPUT/checkpoints
+    overwrite: bool = False  # replace another run's checkpoints in OUTPUT/checkpoints
     gradient_checkpointing: bool = False  # recompute each layer's activations in backward (non-reentrant)
     fsdp: bool = False  # shard the base model over the torchrun processes with FSDP2 (core/sharding.py)
+
+    def __post_init__(self) -> None:
+        check_options(dataclasses.asdict(self))
 
 
 @dataclass
@@ -137,6 +144,25 @@ class ProgressBar(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.bar.close()
+
+
+def prepare_run(options: TrainOptions) -> None:
+    """What is checked before anything loads: the output folder (``recipes/output_paths.py``; with
+    ``--overwrite``, another run's checkpoints are removed from it), the model folder, and ``--max-length``
+    against the model's positions (lowered to them)."""
+    from peftkit.core.pretrained import CAUSAL_LM_NAMES, check_tokenizer_files, position_limit, resolve_model_dir
+
+    target = check_output(options.output, inputs=(options.model, options.init_prompt, options.teacher),
+                          resume=options.resume, overwrite=options.overwrite)
+    bundled_causal = options.task == "causal-lm" and (options.model is None or options.model.lower() in CAUSAL_LM_NAMES)
+    model_dir = None if bundled_causal else resolve_model_dir(options.model)
+    if model_dir is not None:
+        check_tokenizer_files(model_dir)
+    limit = None if model_dir is None else position_limit(model_dir)
+    if limit is not None and options.max_length > limit:
+        options.max_length = limit  # rows cut there are counted in a note when the data are tokenised
+    if options.overwrite and not options.resume and is_main_process():
+        shutil.rmtree(target / CHECKPOINTS, ignore_errors=True)
 
 
 def is_main_process() -> bool:
@@ -247,6 +273,19 @@ def quantize_base(model: torch.nn.Module, quantization: str | None) -> None:
         quantize_nf4(model)
 
 
+def read_saved_task(adapter_dir: str | Path, task: str) -> dict:
+    """The task settings ``peftkit train`` saved beside an adapter, which must be a ``task`` one (a causal-LM
+    adapter from another tool has none: it is taken as a causal-LM one)."""
+    folder = Path(adapter_dir)
+    read_json(folder / CONFIG_NAME, "adapter config")
+    if task == "causal-lm" and not (folder / TASK_FILE).is_file():
+        return {"task": task}
+    saved = read_json(folder / TASK_FILE, "peftkit task file (was the adapter made by `peftkit train`?)")
+    if saved.get("task") != task:
+        raise CheckpointError(f"{folder}: a {saved.get('task')} adapter, not a {task} one")
+    return saved
+
+
 def load_saved_adapter(adapter_dir: str | Path, task: str, model: str | None = None):
     """(tokenizer, base model with the adapter, the saved task settings) for a folder written by
     ``peftkit train``: the base named in the adapter config (or ``model``), quantised as it was trained.
@@ -258,12 +297,7 @@ def load_saved_adapter(adapter_dir: str | Path, task: str, model: str | None = N
 
     folder = Path(adapter_dir)
     base_name = read_json(folder / CONFIG_NAME, "adapter config").get("base_model_name_or_path")
-    if task == "causal-lm" and not (folder / TASK_FILE).is_file():
-        saved = {"task": task}
-    else:
-        saved = read_json(folder / TASK_FILE, "peftkit task file (was the adapter made by `peftkit train`?)")
-    if saved.get("task") != task:
-        raise CheckpointError(f"{folder}: a {saved.get('task')} adapter, not a {task} one")
+    saved = read_saved_task(folder, task)
     if task == "causal-lm":
         tokenizer, base = load_causal_lm(resolve_causal_lm_dir(model or base_name))
     else:

@@ -18,6 +18,8 @@ reduction is (|V| − |K|) × hidden size per cut matrix (+ the bias rows).
 
 from __future__ import annotations
 
+import difflib
+import functools
 import json
 import unicodedata
 from collections.abc import Iterable
@@ -58,9 +60,27 @@ def script_of(character: str) -> str | None:
     return name.split(" ")[0] if name else None
 
 
+@functools.cache
+def known_scripts() -> frozenset[str]:
+    """Every script word ``script_of`` gives for some letter of Unicode."""
+    return frozenset(filter(None, (script_of(chr(code)) for code in range(0x30000))))
+
+
+def check_scripts(scripts: Iterable[str]) -> list[str]:
+    """``scripts`` in upper case, or a ``ConfigError`` naming one no Unicode letter belongs to."""
+    wanted = [s.strip().upper() for s in scripts]
+    for script in wanted:
+        if script not in known_scripts():
+            close = difflib.get_close_matches(script, sorted(known_scripts()), n=3)
+            hint = (f" (did you mean {', '.join(c.lower() for c in close)}?)" if close
+                    else " (e.g. latin, arabic, cyrillic)")
+            raise ConfigError(f"unknown script '{script.lower()}': no Unicode letter belongs to it{hint}")
+    return wanted
+
+
 def script_token_ids(tokenizer, scripts: Iterable[str]) -> set[int]:
     """Ids of tokens whose letters all belong to ``scripts`` (tokens without letters included)."""
-    wanted = {s.upper() for s in scripts}
+    wanted = set(check_scripts(scripts))
     kept = set()
     for token, index in tokenizer.get_vocab().items():
         text = token

@@ -2,18 +2,21 @@
 
 Columns are found by name where that is unambiguous (``text``/``sentence``/… for the text, known
 pairs such as ``premise``/``hypothesis``, ``label``/``target``/… for the label) and otherwise must be
-named. Labels may be strings or integers; their order is fixed by the training file (sorted), and an
-evaluation label never seen in training is an error.
+named. Labels may be texts or numbers (``1``, ``1.0`` and ``"1"`` are one label); their order is fixed by the
+training file (sorted, numbers numerically), and an evaluation label never seen in training, a missing (NaN)
+label or a training file with a single label is an error naming the row.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from peftkit.core.errors import DataError
-from peftkit.tasks.data import read_rows
+from peftkit.tasks.data import note_truncated, read_rows
 
 LABEL_COLUMNS = ("label", "labels", "target", "class", "category", "sentiment", "y")
 TEXT_COLUMNS = ("text", "sentence", "review", "content", "document", "utterance", "question")
@@ -67,24 +70,42 @@ class Examples:
     labels: list[int]
 
 
+def label_name(value, path: Path | str, row: int) -> str:
+    """A label value as the name it is known by: ``1``, ``1.0`` and ``"1"`` are one label "1"; a NaN, an
+    object or a list is an error naming the row."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            raise DataError(f"{path}: row {row} has a missing (NaN) label")
+        return str(int(value)) if value.is_integer() else str(value)
+    if isinstance(value, (dict, list)):
+        kind = "object" if isinstance(value, dict) else "list"
+        raise DataError(f"{path}: row {row} has a label that is a JSON {kind} ({json.dumps(value)[:40]}); a label "
+                        f"is a text or a number")
+    name = str(value).strip()
+    if name.lower() == "nan":
+        raise DataError(f"{path}: row {row} has a missing (NaN) label")
+    return name
+
+
 class LabelSet:
-    """The label names in training order: sorted, integers numerically."""
+    """The label names in training order: sorted, numbers numerically."""
 
     def __init__(self, names: list[str]) -> None:
         self.names = names
         self.index = {name: i for i, name in enumerate(names)}
 
     @classmethod
-    def from_values(cls, values: list) -> LabelSet:
-        unique = set(values)
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in unique):
-            return cls([str(v) for v in sorted(unique)])
-        return cls(sorted(str(v) for v in unique))
+    def from_values(cls, values: list, path: Path | str = "labels") -> LabelSet:
+        unique = {label_name(value, path, row) for row, value in enumerate(values, start=1)}
+        if len(unique) < 2:
+            raise DataError(f"{path}: every row has the label '{next(iter(unique))}'; classification needs at "
+                            f"least two labels")
+        return cls(sorted(unique, key=_numeric_first))
 
     def encode(self, values: list, path: Path | str) -> list[int]:
         ids = []
         for row, value in enumerate(values, start=1):
-            key = str(value)
+            key = label_name(value, path, row)
             if key not in self.index:
                 raise DataError(f"{path}: label '{key}' (row {row}) never appears in the training data "
                                 f"(labels: {', '.join(self.names)})")
@@ -92,13 +113,24 @@ class LabelSet:
         return ids
 
 
+def _numeric_first(name: str) -> tuple:
+    """Integer names in numeric order, then the others alphabetically."""
+    try:
+        return (0, int(name), "")
+    except ValueError:
+        return (1, 0, name)
+
+
 def _column_values(rows: list[dict], column: str, path, want_text: bool) -> list:
     values = []
     for row_number, row in enumerate(rows, start=1):
         value = row.get(column)
-        if value is None or (want_text and not isinstance(value, str)) or value == "":
+        if value is None or value == "":
             raise DataError(f"{path}: row {row_number} has no {'text' if want_text else 'value'} in column "
                             f"'{column}'")
+        if want_text and not isinstance(value, str):
+            raise DataError(f"{path}: row {row_number} holds {type(value).__name__} {json.dumps(value)[:40]} in text "
+                            f"column '{column}', not a text")
         values.append(value)
     return values
 
@@ -112,7 +144,7 @@ def load_examples(path: Path | str, columns: Columns, labels: LabelSet | None = 
     if missing:
         raise DataError(f"{path}: column '{missing[0]}' not found; columns: {', '.join(rows[0])}")
     raw_labels = _column_values(rows, columns.label, path, want_text=False)
-    labels = labels or LabelSet.from_values(raw_labels)
+    labels = labels or LabelSet.from_values(raw_labels, path)
     return Examples(
         texts=_column_values(rows, columns.text, path, want_text=True),
         pairs=_column_values(rows, columns.text_pair, path, want_text=True) if columns.text_pair else None,
@@ -120,8 +152,11 @@ def load_examples(path: Path | str, columns: Columns, labels: LabelSet | None = 
     ), labels
 
 
-def tokenize(tokenizer, examples: Examples, max_length: int) -> list[dict]:
-    """One dict per example (``input_ids``, ``attention_mask``, … and ``labels``), unpadded."""
+def tokenize(tokenizer, examples: Examples, max_length: int, what: str = "") -> list[dict]:
+    """One dict per example (``input_ids``, ``attention_mask``, … and ``labels``), unpadded; ``what`` (e.g.
+    "training"): note on stderr how many rows are cut at ``max_length``."""
     encoded = tokenizer(examples.texts, examples.pairs, truncation=True, max_length=max_length)
+    if what:
+        note_truncated([len(ids) for ids in encoded["input_ids"]], max_length, what)
     keys = list(encoded.keys())
     return [{**{k: encoded[k][i] for k in keys}, "labels": label} for i, label in enumerate(examples.labels)]

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import sys
 from pathlib import Path
 
 from peftkit.core.errors import DataError
 
 READERS = (".csv", ".tsv", ".jsonl", ".json")
+
+
+def note_truncated(lengths: list[int], max_length: int, what: str) -> None:
+    """One line on stderr when rows reach ``max_length`` tokens (where they are cut)."""
+    cut = sum(length >= max_length for length in lengths)
+    if cut:
+        print(f"peftkit: note: {cut:,} of {len(lengths):,} {what} rows reach the {max_length}-token limit "
+              f"(--max-length, or the model's positions when fewer) and are cut there", file=sys.stderr)
 
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -35,14 +45,17 @@ def read_rows(path: str | Path) -> list[dict]:
 
 
 def _read_delimited(path: Path, text: str, delimiter: str) -> list[dict]:
-    reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)  # quoted fields keep their newlines
     if not reader.fieldnames:
         return []
+    repeated = sorted({name for name in reader.fieldnames if reader.fieldnames.count(name) > 1})
+    if repeated:
+        raise DataError(f"{path}:1: column '{repeated[0]}' appears more than once in the header")
     rows = []
-    for number, row in enumerate(reader, start=2):
+    for row in reader:
         if None in row or any(value is None for value in row.values()):
             fields = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None, []))
-            raise DataError(f"{path}:{number}: the row has {fields} fields, the header {len(reader.fieldnames)}")
+            raise DataError(f"{path}:{reader.line_num}: the row has {fields} fields, the header {len(reader.fieldnames)}")
         rows.append(row)
     return rows
 
@@ -54,9 +67,11 @@ def _read_json_lines(path: Path, text: str) -> list[dict]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(line, object_pairs_hook=_refuse_repeated_keys)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        except _RepeatedKey as exc:
+            raise DataError(f"{path}:{number}: key '{exc}' appears more than once in the object") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
         rows.append(row)
@@ -65,9 +80,24 @@ def _read_json_lines(path: Path, text: str) -> list[dict]:
 
 def _read_json_array(path: Path, text: str) -> list[dict]:
     try:
-        rows = json.loads(text)
+        rows = json.loads(text, object_pairs_hook=_refuse_repeated_keys)
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except _RepeatedKey as exc:
+        raise DataError(f"{path}: key '{exc}' appears more than once in an object") from None
     if not all(isinstance(row, dict) for row in rows):
         raise DataError(f"{path}: expected a JSON array of objects")
     return rows
+
+
+class _RepeatedKey(Exception):
+    pass
+
+
+def _refuse_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object as a dict, unless a key repeats (json would keep the last value silently)."""
+    row = dict(pairs)
+    if len(row) < len(pairs):
+        keys = [key for key, _ in pairs]
+        raise _RepeatedKey(next(key for key in keys if keys.count(key) > 1))
+    return row

@@ -36,17 +36,55 @@ def expected_lora_parameters(model_dir, r: int) -> tuple[int, int]:
     return parameter_counts(peftkit.get_peft_model(model, config))
 
 
+@pytest.mark.parametrize("methods, options, named", [
+    ("lora,bogus", "", "bench row 'bogus': unknown method 'bogus'"),
+    ("lora", "lora:\n  - {r: 2}\n  - {r: 4, target_modules: [no_such_module]}\n",
+     "bench row 'lora r=4 target_modules=['no_such_module']': "),
+    ("lora", "lora: {r: zero}\n", "bench row 'lora': LoraConfig.r must be a whole number"),
+    ("lora", "full: {r: 4}\n", "methods.yaml: options for 'full', full fine-tuning takes no options"),
+    ("lora", "ia3: {}\n", "methods.yaml: options for 'ia3', not a benched method (methods: lora)"),
+])
+def test_bench_refuses_a_bad_row_before_running_any(methods, options, named, model_dir, data, tmp_path, capsys):
+    extra = ["--methods", methods]
+    if options:
+        (tmp_path / "methods.yaml").write_text(options)
+        extra += ["--options", str(tmp_path / "methods.yaml")]
+    output = tmp_path / "bench"
+    assert main(bench_args(model_dir, data, output, *extra)) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("peftkit: error: ") and named in error and error.count("\n") == 1
+    assert not output.exists()  # refused before the first row ran
+
+
+@pytest.mark.parametrize("flag, value, named", [
+    ("--max-steps", "0", "max_steps (--max-steps) must be a whole number ≥ 1"),
+    ("--batch-size", "0", "batch_size (--batch-size) must be a whole number ≥ 1"),
+    ("--epochs", "-1", "epochs (--epochs) must be a finite number > 0"),
+    ("--threads", "0", "argument --threads: must be a whole number ≥ 1, got 0"),
+    ("--train", "missing.csv", "missing.csv: data file not found"),
+])
+def test_bench_refuses_a_bad_budget_or_file_before_running(flag, value, named, model_dir, data, tmp_path, capsys):
+    args = bench_args(model_dir, data, tmp_path / "bench", "--methods", "lora")
+    if flag in args:
+        args[args.index(flag) + 1] = value
+    else:
+        args += [flag, value]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert named in error and error.count("\n") == 1
+    assert not (tmp_path / "bench").exists()
+
+
 def test_bench_rows_reasons_peft_twins_and_files(model_dir, data, tmp_path, capsys):
     options = tmp_path / "methods.yaml"
-    options.write_text("lora:\n  - {r: 2}\n  - {r: 4, target_modules: [no_such_module]}\n")
+    options.write_text("lora:\n  - {r: 2}\n  - {r: 4}\n")
     output = tmp_path / "bench"
-    assert main(bench_args(model_dir, data, output, "--methods", "lora,bogus,prefix", "--options", str(options),
+    assert main(bench_args(model_dir, data, output, "--methods", "lora,prefix", "--options", str(options),
                            "--vs-peft")) == 0
     rows = summaries(output)
     assert list(rows) == [("full", "peftkit"), ("lora r=2", "peftkit"), ("lora r=2", "peft"),
-                          ("lora r=4 target_modules=['no_such_module']", "peftkit"),
-                          ("lora r=4 target_modules=['no_such_module']", "peft"),
-                          ("bogus", "peftkit"), ("prefix", "peftkit"), ("prefix", "peft")]
+                          ("lora r=4", "peftkit"), ("lora r=4", "peft"),
+                          ("prefix", "peftkit"), ("prefix", "peft")]
     full, lora, lora_peft = rows["full", "peftkit"], rows["lora r=2", "peftkit"], rows["lora r=2", "peft"]
     assert full["trainable"] == full["total"] and full["trainable_percent"] == 100
     assert (lora["trainable"], lora["total"]) == expected_lora_parameters(model_dir, 2)
@@ -58,11 +96,9 @@ def test_bench_rows_reasons_peft_twins_and_files(model_dir, data, tmp_path, caps
     assert lora["latency_merged_ms"] > 0 and full["latency_merged_ms"] is None
     assert lora["vs_full"]["step_seconds"] == pytest.approx(lora["step_seconds"] / full["step_seconds"])
     assert lora["vs_peft"]["peak_mib"] == pytest.approx(lora["peak_mib"] / lora_peft["peak_mib"])
-    assert "no_such_module" in rows["lora r=4 target_modules=['no_such_module']", "peftkit"]["error"]
-    assert rows["bogus", "peftkit"]["error"].startswith("unknown method 'bogus'")
     assert "no weight to merge" in rows["prefix", "peftkit"]["merge_note"]
     table = (output / "bench.md").read_text()
-    assert table.count("\n| ") == 1 + len(rows) and "failed: unknown method 'bogus'" in table
+    assert table.count("\n| ") == 1 + len(rows)
     for plot in ("score_vs_parameters.png", "score_vs_memory.png"):
         assert (output / plot).read_bytes().startswith(PNG)
     environment = json.loads((output / "bench.json").read_text())["environment"]

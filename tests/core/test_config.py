@@ -49,17 +49,23 @@ def test_json_round_trip_is_exact(r, alpha, dropout, dora, targets, layers):
     assert again == config
 
 
-def test_saved_config_with_unknown_fields_at_peft_s_defaults_loads_silently(recwarn):
-    saved = {**LoraConfig(r=4).to_dict(), "use_qalora": False, "megatron_core": "megatron.core", "new_knob": None,
+def test_saved_config_with_peft_fields_at_peft_s_defaults_loads_silently(recwarn):
+    saved = {**LoraConfig(r=4).to_dict(), "use_qalora": False, "megatron_core": "megatron.core",
              "qalora_group_size": 16}
     config = LoraConfig.from_saved(saved)
     assert config.r == 4 and len(recwarn) == 0
 
 
-def test_a_neutral_value_that_is_not_peft_s_default_is_an_error():
+def test_a_peft_field_at_another_value_is_an_error_even_when_it_looks_neutral():
     saved = {**LoraConfig(r=4).to_dict(), "qalora_group_size": 0, "megatron_core": None}
     with pytest.raises(ConfigError, match="qalora_group_size"):
         LoraConfig.from_saved(saved)
+
+
+def test_fields_no_library_knows_load_with_one_warning_naming_them():
+    saved = {**LoraConfig(r=4).to_dict(), "foo_unknown": 1, "new_knob": None}
+    with pytest.warns(UserWarning, match="foo_unknown, new_knob"):
+        assert LoraConfig.from_saved(saved).r == 4
 
 
 def test_saved_config_with_an_unknown_field_that_changes_the_computation_is_an_error():
