@@ -19,11 +19,16 @@ def train_args(model_dir, data, output, *extra) -> list[str]:
             "--lr", "5e-3", "--save-steps", "4", "--output", str(output), *extra]
 
 
-def killed_run(args: list[str], patch: str) -> int:
-    """Run ``peftkit train`` in a fresh process with ``patch`` applied; it kills itself (SIGKILL)."""
+def patched_run(args: list[str], patch: str) -> subprocess.CompletedProcess:
+    """Run ``peftkit train`` in a fresh process with ``patch`` applied."""
     script = ("import os, signal, sys\nimport peftkit.recipes.training as training\nfrom peftkit.cli import main\n"
               f"{patch}\nsys.exit(main({args!r}))\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+
+
+def killed_run(args: list[str], patch: str) -> int:
+    """Run ``peftkit train`` in a fresh process with ``patch`` applied; it kills itself (SIGKILL)."""
+    done = patched_run(args, patch)
     if done.returncode not in (0, -9):
         raise AssertionError(done.stderr[-3000:])
     return done.returncode
@@ -112,3 +117,20 @@ def test_nan_loss_stops_with_the_step_and_the_last_good_checkpoint(model_dir, da
     assert step > 1 and error.endswith(f"training stopped; the last good checkpoint is "
                                        f"{output / 'checkpoints' / f'checkpoint-{step - 1}'}")
     assert not (output / "adapter_model.safetensors").exists()
+
+
+def test_ctrl_c_names_the_last_checkpoint_to_resume_from(model_dir, data, tmp_path):
+    output = tmp_path / "interrupted"
+    interrupt_at_step_6 = textwrap.dedent("""
+        step_end = training.ProgressBar.on_step_end
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 6:
+                os.kill(os.getpid(), signal.SIGINT)
+            return step_end(self, args, state, control, **kwargs)
+        training.ProgressBar.on_step_end = on_step_end
+    """)
+    done = patched_run(train_args(model_dir, data, output), interrupt_at_step_6)
+    assert done.returncode == 130, done.stderr[-3000:]
+    assert done.stderr.splitlines()[-1] == (f"peftkit: interrupted; the last checkpoint is {output}/checkpoints/"
+                                            f"checkpoint-4; run the same command with --resume to continue from it")
+    assert main(train_args(model_dir, data, output, "--resume")) == 0
