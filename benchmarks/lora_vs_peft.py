@@ -4,12 +4,12 @@ Models: the bundled all-MiniLM-L6-v2 with a classification head (batch: 32 SST-2
 128 tokens; the head trained whole), or with ``--lm`` SmolLM2-135M-Instruct as a causal LM (batch 8 × 128,
 next-token loss on the same sentences). LoRA r=8, alpha=16 on every linear layer, lora_dropout 0 (or
 --dropout); the models' own dropout as configured (MiniLM: 0.1 on hidden states and attention). peftkit
-runs with its default lean training (``peftkit.core.lean``). Reported, each as a peftkit / peft ratio:
+runs with its default lean training (``peftkit.core.mechanics.lean``). Reported, each as a peftkit / peft ratio:
 
 * step time (forward, backward, AdamW step): median over interleaved rounds in this process;
 * peak memory: growth of the peak RSS (VmHWM, reset after set-up) over the training steps, in a
   fresh subprocess per implementation (alternating, several times; glibc's mmap threshold fixed, see
-  ``peftkit.bench.memory.FIXED_MMAP_THRESHOLD``), median;
+  ``peftkit.utils.memory.FIXED_MMAP_THRESHOLD``), median;
 * activation memory: bytes autograd saves for backward in one forward pass (exact, deterministic).
 
 Usage: python benchmarks/lora_vs_peft.py [--lm] [--dropout 0] [--rounds 12] [--steps 3] [--memory-runs 3]
@@ -32,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from transformers import logging  # noqa: E402
 
-from peftkit.bench.memory import (  # noqa: E402
+from peftkit.utils.memory import (  # noqa: E402
     FIXED_MMAP_THRESHOLD,
     SavedForBackward,
     peak_rss_mib,
@@ -165,7 +165,8 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"lora_vs_peft_{model_name}_dropout{args.dropout:g}.json"
     path.write_text(json.dumps({
-        "model": label, "settings": {**SETTINGS, "lora_dropout": args.dropout}, "batch": [BATCH[model_name], LENGTH], "step_seconds": times, "peak_growth_mib": memory,
+        "model": label, "settings": {**SETTINGS, "lora_dropout": args.dropout}, "batch": [BATCH[model_name], LENGTH],
+        "step_seconds": times, "peak_growth_mib": memory,
         "saved_for_backward_bytes": saved, "trainable_parameters": trainable,
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
                         "threads": torch.get_num_threads(), "machine": platform.machine()},

@@ -19,10 +19,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
+from transformers import AutoModel, AutoTokenizer, BertModel  # noqa: I001
 
 import peftkit  # first: it quiets torchao's import-time logging, which transformers triggers
 from peftkit import MeftConfig
-from transformers import AutoModel, AutoTokenizer, BertModel  # noqa: I001
 from peftkit.core.pretrained import bundled_model_dir
 from peftkit.methods.meft import WIDER, MeftLayer, MeftStep
 from peftkit.methods.reversible import coupled, inverted

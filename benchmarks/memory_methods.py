@@ -4,7 +4,7 @@ For each setup a fresh subprocess builds the model, runs ``--warmup`` training s
 measures over ``--steps`` more: the bytes saved for backward by one step (activations; parameters
 excluded), the growth of the process's peak resident memory over the training steps from its memory before the first
 one (activations, gradients, optimizer state; large blocks returned to the OS when freed, see
-``peftkit.bench.memory.FIXED_MMAP_THRESHOLD``), and the median step time. Also printed: the stored size of the quantised
+``peftkit.utils.memory.FIXED_MMAP_THRESHOLD``), and the median step time. Also printed: the stored size of the quantised
 linear weights for QLoRA. Ratios are to full fine-tuning, to LoRA on the plain path (``lora-plain``:
 ``lean_training=False``, what peft's LoRA keeps) and to peftkit's default lean LoRA, all in the same run.
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from peftkit.bench.memory import FIXED_MMAP_THRESHOLD  # noqa: E402
+from peftkit.utils.memory import FIXED_MMAP_THRESHOLD  # noqa: E402
 
 SETUPS = ["full", "lora-plain", "lora", "qlora", "meft1", "meft2", "meft3"]
 RESULTS = Path(__file__).parent / "results"
@@ -39,7 +39,7 @@ def build(setup: str, lm: bool, batch: int, length: int):
 
     import peftkit
     from peftkit.core.pretrained import bundled_model_dir, load_causal_lm, load_sequence_classifier, smollm2_dir
-    from peftkit.recipes.training import METHOD_DEFAULTS
+    from peftkit.core.registry import method_by_name
     from peftkit.tasks.classification import bundled_sst2
     from peftkit.tasks.data import read_rows
 
@@ -55,13 +55,14 @@ def build(setup: str, lm: bool, batch: int, length: int):
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     input_ids = torch.tensor(ids[: batch * length]).view(batch, length)
     inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
-    inputs["labels"] = input_ids.clone() if lm else torch.tensor([r["label"] == "positive" for r in rows[:batch]]).long()
+    positive = [r["label"] == "positive" for r in rows[:batch]]
+    inputs["labels"] = input_ids.clone() if lm else torch.tensor(positive).long()
     report = None
     if setup == "qlora":
         report = peftkit.quantize_nf4(model)
     if setup in ("lora", "lora-plain", "qlora"):
-        model = peftkit.get_peft_model(model, peftkit.LoraConfig(task_type=task_type, **METHOD_DEFAULTS["lora"]),
-                                       lean_training=setup != "lora-plain")
+        config = peftkit.LoraConfig(task_type=task_type, **method_by_name("lora").train_defaults)
+        model = peftkit.get_peft_model(model, config, lean_training=setup != "lora-plain")
     elif setup.startswith("meft"):
         model = peftkit.get_peft_model(model, peftkit.MeftConfig(task_type=task_type, variant=int(setup[-1])))
     model.train()
@@ -69,7 +70,7 @@ def build(setup: str, lm: bool, batch: int, length: int):
 
 
 def saved_activation_bytes(model, inputs) -> int:
-    from peftkit.bench.memory import SavedForBackward
+    from peftkit.utils.memory import SavedForBackward
 
     with SavedForBackward(skip=model.parameters()) as saved:
         loss = model(**inputs).loss
@@ -81,7 +82,7 @@ def saved_activation_bytes(model, inputs) -> int:
 def worker(setup: str, lm: bool, batch: int, length: int, warmup: int, steps: int) -> dict:
     import torch
 
-    from peftkit.bench.memory import peak_rss_mib, reset_peak_rss, rss_mib
+    from peftkit.utils.memory import peak_rss_mib, reset_peak_rss, rss_mib
 
     torch.set_num_threads(2)
     torch.manual_seed(0)

@@ -32,7 +32,7 @@ SMALL = {"hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8, "
 TINYLLAMA = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32,
              "num_key_value_heads": 4, "vocab_size": 32000}
 ADAPTERS = 8
-FORMS = ("gathered", "concatenated")  # peftkit's two mixed-batch forms (peftkit/methods/lora_mixed.py)
+FORMS = ("gathered", "concatenated")  # peftkit's two mixed-batch forms (peftkit/methods/lora/mixed.py)
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -79,7 +79,7 @@ def seconds(model, batch: dict, device: str, **kwargs) -> float:
 
 def timed(setup: tuple, batch: dict, device: str) -> float:
     """Seconds of one forward of a setup (model, keyword arguments, peftkit's mixed-batch form or None)."""
-    from peftkit.methods import lora_mixed
+    from peftkit.methods.lora import mixed as lora_mixed
 
     model, kwargs, form = setup
     lora_mixed.FORM = form or "auto"

@@ -66,7 +66,7 @@ _EXPORTS = {
     "PromptEncoderConfig": "peftkit.methods.prompt_tuning",
     "PromptTuningConfig": "peftkit.methods.prompt_tuning",
     "PromptTuningInit": "peft",
-    "quantize_nf4": "peftkit.core.quantization",
+    "quantize_nf4": "peftkit.core.mechanics.quantization",
     "register_method": "peftkit.core.registry",
     "registered_methods": "peftkit.core.registry",
     "Scale": "peftkit.core.composition",

@@ -31,6 +31,28 @@ class OneLineParser(argparse.ArgumentParser):
         raise SystemExit(EXIT_BAD_INPUT)
 
 
+class MethodListFormatter(argparse.HelpFormatter):
+    """Help whose ``{methods}`` is the list of registered methods with their descriptions, made when the help
+    is printed (so the registry is loaded only by ``--help`` of the commands that take ``--method``)."""
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        text = super()._expand_help(action)
+        return text.replace("{methods}", method_list()) if "{methods}" in text else text
+
+
+def method_list() -> str:
+    """Every method ``--method`` takes, from the registry: registered methods, their quantised forms and
+    variants, and full fine-tuning."""
+    load_builtins()
+    from peftkit.core.registry import method_variants, quantized_forms, registered_methods
+
+    entries = [f"{name} ({method.description})" for name, method in sorted(registered_methods().items())]
+    entries += [f"{name} ({form.description})" for name, (_, form) in sorted(quantized_forms().items())]
+    entries += [f"{name} ({method.name} with {', '.join(f'{k}={v}' for k, v in options.items())}; bench only)"
+                for name, (method, options) in sorted(method_variants().items())]
+    return "; ".join(entries) + "; full (every weight of the model trains: the reference)"
+
+
 def whole_number(minimum: int):
     """An argparse type: a whole number ≥ ``minimum``."""
     def parse(text: str) -> int:
@@ -189,7 +211,7 @@ def _print_summary(options, result) -> None:
           f"{result.eval_examples:,} evaluation examples{answers}")
     print(f"  trainable parameters: {result.trainable_parameters:,} of {result.total_parameters:,} ({share:.2f}%)")
     if result.held_parameters is not None:
-        from peftkit.core.sharding import process_count
+        from peftkit.core.mechanics.sharding import process_count
 
         print(f"  sharded with FSDP2:   each of {process_count()} processes holds {result.held_parameters:,} of the "
               f"{result.total_parameters:,} parameters")
@@ -216,12 +238,12 @@ def _print_summary(options, result) -> None:
 
 
 def _format_note(method: str) -> str:
-    from peftkit.core.registry import method_by_name
-    from peftkit.recipes.training import FULL_FINE_TUNING, QUANTIZED_METHODS
+    from peftkit.core.registry import method_form
+    from peftkit.recipes.training import FULL_FINE_TUNING
 
     if method == FULL_FINE_TUNING:
         return "a transformers model folder"
-    if method_by_name(QUANTIZED_METHODS.get(method, (method,))[0]).peft_reads:
+    if method_form(method)[0].peft_reads:
         return "peft format: peft.PeftModel.from_pretrained reads it"
     return "peft's file layout; peft has no such method, peftkit.PeftModel.from_pretrained reads it"
 
@@ -235,8 +257,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from peftkit.core.pretrained import (load_causal_lm, load_sequence_classifier, resolve_causal_lm_dir,
-                                         resolve_model_dir)
+    from peftkit.core.pretrained import (
+        load_causal_lm,
+        load_sequence_classifier,
+        resolve_causal_lm_dir,
+        resolve_model_dir,
+    )
     from peftkit.core.targets import plan
     from peftkit.recipes.training import method_config
 
@@ -390,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="fine-tune an adapter (text classification or causal LM)",
+                                formatter_class=MethodListFormatter,
                                 description="With no arguments: LoRA on the bundled all-MiniLM-L6-v2, SST-2. With "
                                             "--task causal-lm: SmolLM2-135M-Instruct, SST-2 as a chat instruction.")
     train.add_argument("--task", choices=["classification", "token-classification", "causal-lm"],
@@ -413,8 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--train", help="training file (CSV, TSV, JSONL; .txt for mlm); default: bundled SST-2")
     train.add_argument("--eval", help="evaluation file; default: SST-2 dev, or 10%% held out of --train")
     train.add_argument("--model", help="local transformers model folder; default: bundled all-MiniLM-L6-v2")
-    train.add_argument("--method", help="PEFT method: lora (default), qlora, adapter, meft, ia3, bitfit, ln, "
-                                        "prompt, ptuning, prefix, adalora, increlora, vl_pet, apet; or full")
+    train.add_argument("--method", help="PEFT method (default lora): {methods}")
     train.add_argument("--epochs", type=float)
     train.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
     train.add_argument("--bf16", action="store_true", default=None,
@@ -467,9 +493,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--raw", action="store_true", help="use the prompt as written, without the chat template")
     generate.set_defaults(run=cmd_generate)
 
-    planner = commands.add_parser("plan", help="list the modules a method config would hit, changing nothing")
+    planner = commands.add_parser("plan", help="list the modules a method config would hit, changing nothing",
+                                  formatter_class=MethodListFormatter)
     planner.add_argument("--model")
-    planner.add_argument("--method", default="lora")
+    planner.add_argument("--method", default="lora", help="a registered method (default lora): {methods}")
     planner.add_argument("--task", choices=["classification", "causal-lm"], default="classification")
     planner.add_argument("--config")
     planner.add_argument("-o", "--option", action="append", metavar="KEY=VALUE")
@@ -496,9 +523,10 @@ def build_parser() -> argparse.ArgumentParser:
                                             "data and budget in a process of its own; reported per method: "
                                             "trainable parameters, score, step time, throughput, peak and "
                                             "activation memory, inference latency. Rerun with the same --output "
-                                            "to continue an interrupted bench.")
-    bench.add_argument("--methods", help="comma-separated (default: every method, qlora, dora, rslora); full "
-                                         "fine-tuning always runs")
+                                            "to continue an interrupted bench.",
+                                formatter_class=MethodListFormatter)
+    bench.add_argument("--methods", help="comma-separated (default: all; full fine-tuning always runs), of: "
+                                         "{methods}")
     bench.add_argument("--options", metavar="YAML", help="method options: {method: {key: value}} or a list of "
                                                          "option sets, one row each (e.g. lora: [{r: 4}, {r: 8}])")
     bench.add_argument("--model", help="local transformers model folder; default: bundled all-MiniLM-L6-v2")

@@ -22,7 +22,24 @@ from transformers import (
     logging,
 )
 
+import peftkit
+from peftkit.core import config as config_module
+from peftkit.core import registry
+
 logging.set_verbosity_error()
+peftkit.load_builtins()
+
+
+@pytest.fixture(autouse=True)
+def isolated_registry():
+    """Each test starts with the built-in methods only: a method a test registers is removed after it."""
+    methods, configs = dict(registry._METHODS), dict(config_module._CONFIG_CLASSES)
+    yield
+    registry._METHODS.clear()
+    registry._METHODS.update(methods)
+    config_module._CONFIG_CLASSES.clear()
+    config_module._CONFIG_CLASSES.update(configs)
+
 
 VOCAB = 120
 

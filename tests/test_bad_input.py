@@ -89,7 +89,8 @@ def test_bad_rows_in_a_training_file(case, model_dir, tmp_path, capsys):
 RAW_FILES = {
     "duplicate CSV column": ("dup.csv", b"text,label,text\na,pos,b\nc,neg,d\n",
                              "dup.csv:1: column 'text' appears more than once in the header"),
-    "duplicate JSON key": ("dup.jsonl", b'{"text": "a", "label": "pos"}\n{"text": "b", "label": "neg", "label": "pos"}\n',
+    "duplicate JSON key": ("dup.jsonl",
+                           b'{"text": "a", "label": "pos"}\n{"text": "b", "label": "neg", "label": "pos"}\n',
                            "dup.jsonl:2: key 'label' appears more than once"),
     "duplicate key, JSON array": ("dup.json", b'[{"text": "a", "text": "b", "label": "pos"}]',
                                   "key 'text' appears more than once"),

@@ -9,6 +9,7 @@ from transformers import BertForSequenceClassification
 
 from peftkit.cli import main
 
+
 def test_train_on_a_users_csv_then_eval_info_and_merge(model_dir, data, tmp_path, capsys):
     out = tmp_path / "adapter"
     code = main(["train", "--model", str(model_dir), "--train", str(data / "train.csv"), "--eval",
@@ -65,7 +66,8 @@ USER_DATA = ["--model", "MODEL", "--train", "TRAIN", "--text-column", "review", 
     (["train", "--config", "CONFIG:epochz: 2"], "unknown option 'epochz'"),
     (["train", "--config", "CONFIG:adapter: {rank: 4}"], "unknown field 'rank' for LoraConfig"),
     (["train", "--config", "CONFIG:epochs: [1"], "not valid YAML/JSON"),
-    (["eval", "--adapter", "no-adapter", "--eval", "x.csv"], "no-adapter/adapter_config.json: adapter config not found"),
+    (["eval", "--adapter", "no-adapter", "--eval", "x.csv"],
+     "no-adapter/adapter_config.json: adapter config not found"),
     (["info", "no-adapter"], "adapter folder not found"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(arguments, message, model_dir, data, tmp_path, capsys):
@@ -95,7 +97,8 @@ def test_the_installed_command_exits_2_without_a_traceback(tmp_path):
     assert "Traceback" not in result.stderr and "none.jsonl: data file not found" in result.stderr
 
 
-@pytest.mark.parametrize("method", ["lora", "adapter", "ia3", "bitfit", "ln", "prompt", "ptuning", "prefix", "vl_pet", "apet",
+@pytest.mark.parametrize("method", ["lora", "adapter", "ia3", "bitfit", "ln", "prompt", "ptuning", "prefix", "vl_pet",
+                                    "apet",
                                     "adalora", "increlora"])
 def test_plan_and_train_every_method(method, model_dir, data, tmp_path, capsys):
     assert main(["plan", "--model", str(model_dir), "--method", method]) == 0

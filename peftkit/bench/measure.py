@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from peftkit.bench.memory import SavedForBackward
+from peftkit.utils.memory import SavedForBackward
 
 
 def synchronize(device: torch.device) -> None:

@@ -21,11 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from peftkit.core.errors import ConfigError
+from peftkit.core.registry import method_variants, quantized_forms, registered_methods
 from peftkit.core.yaml_files import read_yaml_mapping
-from peftkit.recipes.training import FULL_FINE_TUNING, QUANTIZED_METHODS
-
-# Variants benched as rows of their own: name -> (method, the options that make it).
-VARIANTS = {"dora": ("lora", {"use_dora": True}), "rslora": ("lora", {"use_rslora": True})}
+from peftkit.recipes.training import FULL_FINE_TUNING
 
 
 @dataclass(frozen=True)
@@ -41,11 +39,8 @@ class BenchRow:
 
 
 def default_methods() -> list[str]:
-    """Every registered method, QLoRA and the LoRA variants, after full fine-tuning."""
-    import peftkit.methods  # noqa: F401  (registers the methods)
-    from peftkit.core.registry import registered_methods
-
-    names = sorted({*registered_methods(), *QUANTIZED_METHODS, *VARIANTS})
+    """Every registered method, its quantised forms (QLoRA) and variants (DoRA), after full fine-tuning."""
+    names = sorted({*registered_methods(), *quantized_forms(), *method_variants()})
     return [FULL_FINE_TUNING, *names]
 
 
@@ -80,11 +75,12 @@ def bench_rows(methods: list[str] | None = None, options_file: str | Path | None
         raise ConfigError(f"{options_file}: options for '{unused[0]}', {reason} (methods: {', '.join(names)})")
     rows = [BenchRow(FULL_FINE_TUNING, FULL_FINE_TUNING)]
     for name in names:
-        base, variant_options = VARIANTS.get(name, (name, {}))
+        variants = method_variants()
+        base, variant_options = (variants[name][0].name, variants[name][1]) if name in variants else (name, {})
         sets = option_sets.get(name, [{}])
         for options in sets:
             label = _label(name, options, several=len(sets) > 1)
-            rows.append(BenchRow(label, base if name in VARIANTS else name, {**variant_options, **options}))
+            rows.append(BenchRow(label, base, {**variant_options, **options}))
     labels = [row.label for row in rows]
     repeated = sorted({label for label in labels if labels.count(label) > 1})
     if repeated:

@@ -21,11 +21,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from peftkit.bench.memory import FIXED_MMAP_THRESHOLD
 from peftkit.bench.rows import BenchRow
 from peftkit.bench.worker import PEFT
 from peftkit.core.errors import ConfigError
-from peftkit.recipes.training import FULL_FINE_TUNING, QUANTIZED_METHODS, TrainOptions
+from peftkit.core.registry import method_form, quantized_forms
+from peftkit.recipes.training import FULL_FINE_TUNING, TrainOptions
+from peftkit.utils.memory import FIXED_MMAP_THRESHOLD
 
 SETTINGS_FILE = "bench-settings.json"
 PEFTKIT = "peftkit"
@@ -78,10 +79,10 @@ class BenchRun:
 
 def peft_has(row: BenchRow) -> bool:
     """Whether Hugging Face peft has the row's method (a peft twin is run with ``--vs-peft``)."""
-    from peftkit.core.registry import registered_methods
-
-    method = registered_methods().get(QUANTIZED_METHODS.get(row.method, (row.method,))[0])
-    return method is not None and method.peft_reads
+    try:
+        return method_form(row.method)[0].peft_reads
+    except ConfigError:
+        return False
 
 
 def bench_jobs(rows: list[BenchRow], seeds: list[int], vs_peft: bool) -> list[Job]:
@@ -156,15 +157,13 @@ def check_bench(rows: list[BenchRow], settings: BenchSettings, seeds: list[int])
 def not_runnable(job: Job) -> str | None:
     """Why the job cannot run (its method does not exist, or peft has no such form), or None: such a job
     needs no worker."""
-    from peftkit.core.registry import method_by_name
-
     row = job.row
     if row.method == FULL_FINE_TUNING:
         return None
-    if job.implementation == PEFT and row.method in QUANTIZED_METHODS:
+    if job.implementation == PEFT and row.method in quantized_forms():
         return "peft's QLoRA quantises with bitsandbytes, which peftkit does not install; not compared"
     try:
-        method_by_name(QUANTIZED_METHODS.get(row.method, (row.method,))[0])
+        method_form(row.method)
     except ConfigError as exc:
         return str(exc)
     return None

@@ -19,10 +19,10 @@ import torch
 from transformers import DataCollatorWithPadding, TrainerCallback
 
 from peftkit.bench.measure import activation_bytes, forward_seconds, merged_copy
-from peftkit.bench.memory import peak_rss_mib
 from peftkit.core.errors import ConfigError, PeftkitError
 from peftkit.recipes.classification import count_correct, load_task_data, setup_classifier
 from peftkit.recipes.training import TrainOptions, autocast, parameter_counts, run_trainer, with_method
+from peftkit.utils.memory import peak_rss_mib
 
 PEFT = "peft"  # the implementation name of Hugging Face peft's runs
 

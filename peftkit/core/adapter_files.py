@@ -38,11 +38,12 @@ from peftkit.core.checkpoint import (
 from peftkit.core.composition import LearnedComposition, composition_from_dict
 from peftkit.core.config import PeftConfig
 from peftkit.core.errors import CheckpointError, ConfigError
+from peftkit.core.mechanics.sharding import whole
 from peftkit.core.modules_to_save import ModulesToSave
 from peftkit.core.prompt import SAVED_KEY
 from peftkit.core.registry import method_by_peft_type
-from peftkit.core.sharding import whole
-from peftkit.core.targets import Plan, base_of as _base_of, inside_adapter_container, plan
+from peftkit.core.targets import Plan, inside_adapter_container, plan
+from peftkit.core.targets import base_of as _base_of
 
 
 def module_key(path: str) -> str:
@@ -138,7 +139,8 @@ class AdapterFiles:
         """Base parameters, without adapter tensors or modules_to_save copies and originals."""
         hidden = [path + "." for path, layer in self.adapter_layers() if isinstance(layer, ModulesToSave)]
         for name, parameter in self.get_base_model().named_parameters():
-            if not any(name.startswith(h) for h in hidden) and not inside_adapter_container(self.get_base_model(), name):
+            hidden_name = any(name.startswith(h) for h in hidden)
+            if not hidden_name and not inside_adapter_container(self.get_base_model(), name):
                 yield name, parameter
 
     def _key_prefix(self, adapter_name: str) -> str:
@@ -182,13 +184,14 @@ class AdapterFiles:
         bias = getattr(config, "bias", "none")
         adapted = {item.name for item in the_plan.modules if item.role == "adapt"}
         saved = [item.name + "." for item in the_plan.modules if item.role == "save"]
-        embeddings = [self.get_base_model().get_input_embeddings(), self.get_base_model().get_output_embeddings()] if hasattr(
-            self.get_base_model(), "get_input_embeddings") else []
+        base = self.get_base_model()
+        embeddings = ([base.get_input_embeddings(), base.get_output_embeddings()]
+                      if hasattr(base, "get_input_embeddings") else [])
         optional = {}
         for name, parameter in self._visible_base_parameters():
             if any(name.startswith(s) for s in saved):
                 continue
-            owner_module = self.get_base_model().get_submodule(name.rpartition(".")[0]) if "." in name else self.get_base_model()
+            owner_module = base.get_submodule(name.rpartition(".")[0]) if "." in name else base
             owner, _, leaf = parameter_key(name).rpartition(".")
             owner = module_key(owner)
             key = prefix + (f"{owner}.base_layer.{leaf}" if owner in adapted else parameter_key(name))
@@ -405,7 +408,8 @@ class AdapterFiles:
         wanted = tuple(prompt.virtual_tokens().shape)
         if SAVED_KEY not in tensors or tuple(tensors[SAVED_KEY].shape) != wanted:
             found = tuple(tensors[SAVED_KEY].shape) if SAVED_KEY in tensors else "none"
-            raise CheckpointError(f"{path}: needs '{SAVED_KEY}' of shape {wanted} to start the prompt from, found {found}")
+            raise CheckpointError(f"{path}: needs '{SAVED_KEY}' of shape {wanted} to start the prompt from, "
+                                  f"found {found}")
         prompt.load_saved(tensors)
         self._mark_trainable()
 

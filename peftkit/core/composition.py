@@ -107,7 +107,8 @@ class BatchSplit(Composition):
 
     def row_sizes(self, batch: int) -> tuple[int, ...]:
         if sum(self.sizes) != batch:
-            raise ConfigError(f"BatchSplit sizes {self.sizes} add up to {sum(self.sizes)}, but the batch has {batch} rows")
+            raise ConfigError(f"BatchSplit sizes {self.sizes} add up to {sum(self.sizes)}, but the batch has "
+                              f"{batch} rows")
         return self.sizes
 
     def run(self, layer, args, kwargs):

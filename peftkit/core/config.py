@@ -19,11 +19,11 @@ import copy
 import dataclasses
 import difflib
 import enum
-import warnings
 import functools
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 

@@ -22,6 +22,7 @@ from transformers.pytorch_utils import Conv1D
 
 from peftkit.core.config import PeftConfig
 from peftkit.core.errors import ConfigError
+from peftkit.core.mechanics.quantization import dequantize_for_merge
 
 
 def output_width(module: nn.Module) -> int | None:
@@ -201,8 +202,6 @@ class AdapterLayer(nn.Module):
     @torch.no_grad()
     def _fold(self, name: str, weight_rule, bias_rule, safe_merge: bool) -> None:
         """Replace the base weight and bias by ``rule(current)``, computed in float32; all or nothing."""
-        from peftkit.core.quantization import dequantize_for_merge  # here: quantization imports targets -> layer
-
         dequantize_for_merge(self.base, name)
         updates = []
         for parameter, rule in ((getattr(self.base, "weight", None), weight_rule), (self.bias, bias_rule)):

@@ -5,10 +5,11 @@
 slices where the rows of an adapter are contiguous and index tensors otherwise, and set a
 ``MixedBatch`` on every adapter layer for the call. A LoRA layer then computes the base output once for
 the whole batch and adds every row's own low-rank update (``LoraLinear.apply_mixed``; without
-gradients in two batched products over the rows, ``methods/lora_mixed.py``): the extra work is each row's
+gradients in two batched products over the rows, ``methods/lora/mixed.py``): the extra work is each row's
 products with its own adapter, not a pass per adapter. Any other layer runs
-each group's rows through its adapter (``apply_adapters([name], x[rows])``) and puts the outputs back in
-order — right for every method that acts on each row on its own. Prompt-learning adapters change the
+each group's rows through its adapter (``apply_adapters([name], x[rows])``, with the block's other per-row
+inputs, such as an attention mask, cut to the same rows) and puts the outputs back in order — right for every
+method that acts on each row on its own. Prompt-learning adapters change the
 input length, so they cannot take part.
 """
 
@@ -83,6 +84,13 @@ class MixedBatch:
             self._own_columns[key] = own.repeat_interleave(rank, dim=1).to(dtype)[:, None, :]
         return self._own_columns[key]
 
+    def _rows_of(self, value, rows):
+        """A per-row input of a wrapped block (an attention mask of shape [batch, ...]) cut to ``rows``; anything
+        else (a mask broadcast over the batch, position tables, flags) as it is."""
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == self.batch:
+            return take(value, rows)
+        return value
+
     def run(self, layer, args: tuple, kwargs: dict):
         x, rest = args[0], args[1:]
         if x.shape[0] != self.batch:
@@ -95,10 +103,30 @@ class MixedBatch:
             output = mixed(self, groups, *args, **kwargs)
             if output is not None:
                 return output
-        result = None
-        for name, rows in groups:
-            output = layer.apply_adapters([name] if name else [], take(x, rows), *rest, **kwargs)
-            if result is None:
-                result = output.new_empty((self.batch, *output.shape[1:]))
-            put(result, rows, output)
-        return result
+        outputs = []
+        captured = getattr(layer, "block_input", None)  # another module's input, read for this pass (VL-PET)
+        try:
+            for name, rows in groups:
+                own_rest = [self._rows_of(value, rows) for value in rest]
+                own_kwargs = {key: self._rows_of(value, rows) for key, value in kwargs.items()}
+                if captured is not None:
+                    layer.block_input = self._rows_of(captured, rows)
+                outputs.append((rows, layer.apply_adapters([name] if name else [], take(x, rows), *own_rest,
+                                                           **own_kwargs)))
+        finally:
+            if captured is not None:
+                layer.block_input = captured
+        return self._joined(outputs)
+
+    def _joined(self, outputs: list):
+        """The groups' outputs in row order: tensors row by row, tuples (a block's outputs) element by element,
+        anything else (None) as the first group gave it."""
+        first = outputs[0][1]
+        if isinstance(first, torch.Tensor):
+            result = first.new_empty((self.batch, *first.shape[1:]))
+            for rows, output in outputs:
+                put(result, rows, output)
+            return result
+        if isinstance(first, tuple):
+            return tuple(self._joined([(rows, output[i]) for rows, output in outputs]) for i in range(len(first)))
+        return first

@@ -12,7 +12,7 @@ from torch import nn
 
 from peftkit.core.config import PeftConfig
 from peftkit.core.layer import AdapterLayer
-from peftkit.core.sharding import whole_copy
+from peftkit.core.mechanics.sharding import whole_copy
 
 
 class ModuleCopies(AdapterLayer):

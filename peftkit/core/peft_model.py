@@ -30,16 +30,17 @@ from peftkit.core.composition import Composition, LearnedComposition, Parallel, 
 from peftkit.core.config import PeftConfig
 from peftkit.core.errors import ConfigError
 from peftkit.core.layer import AdapterLayer, output_width
-from peftkit.core.lean import disable_lean_training, enable_lean_training
+from peftkit.core.mechanics.lean import disable_lean_training, enable_lean_training
 from peftkit.core.mixed_batch import BASE_MODEL, MixedBatch
 from peftkit.core.modules_to_save import ModuleCopies
 from peftkit.core.peft_surface import PeftModelSurface, RecognisedAsPeft
 from peftkit.core.prompt import PromptAdapter
+from peftkit.core.registry import method_for_config
 from peftkit.core.targets import ALL, ALL_LINEAR, TASK_HEAD_NAMES, Plan, plan
 from peftkit.core.tuner import TunerModel
 
-
-_TASK_MODEL_NAMES = {"CAUSAL_LM": MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, "SEQ_2_SEQ_LM": MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+_TASK_MODEL_NAMES = {"CAUSAL_LM": MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                     "SEQ_2_SEQ_LM": MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
                      "SEQ_CLS": MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
                      "TOKEN_CLS": MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
                      "QUESTION_ANS": MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES}
@@ -247,13 +248,18 @@ class PeftModel(AdapterFiles, PeftModelSurface, RecognisedAsPeft):
     def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str,
                              combination_type: str = "svd", svd_rank: int | None = None, density: float | None = None,
                              majority_sign_method: str = "total") -> None:
-        """LoRA adapter arithmetic, as peft's: a new adapter from weighted existing ones (linear, cat, svd,
-        ties, dare_linear, dare_ties, magnitude_prune and their _svd forms; negative weights negate);
-        see ``peftkit/methods/lora_arithmetic.py``."""
-        from peftkit.methods.lora_arithmetic import add_weighted_adapter
-
-        add_weighted_adapter(self, adapters, weights, adapter_name, combination_type, svd_rank, density,
-                             majority_sign_method)
+        """Adapter arithmetic, as peft's: a new adapter from weighted existing ones, by the method's own rule (LoRA:
+        linear, cat, svd, ties, dare_linear, dare_ties, magnitude_prune and their _svd forms; negative weights
+        negate; see ``peftkit/methods/lora/arithmetic.py``)."""
+        existing = [name for name in adapters if name in self.peft_config]
+        if adapters and not existing:
+            raise ConfigError(f"adapter '{adapters[0]}' does not exist; adapters: {', '.join(self.peft_config)}")
+        method = method_for_config(self.peft_config[existing[0]]) if existing else None
+        if method is None or method.combine_adapters is None:
+            name = method.name if method else "none given"
+            raise ConfigError(f"add_weighted_adapter: method '{name}' has no adapter arithmetic (LoRA has)")
+        method.combine_adapters(self, adapters, weights, adapter_name, combination_type, svd_rank, density,
+                                majority_sign_method)
 
     def _check_new_name(self, adapter_name: str) -> None:
         if adapter_name in self.peft_config:

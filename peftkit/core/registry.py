@@ -1,18 +1,31 @@
 """The method registry: one ``register_method`` call makes a method usable everywhere.
 
 A method declares its config class and, for each kind of base module it can wrap, the wrapper layer
-class. Target matching, the dry-run plan, ``PeftModel``, save/load and merge work from that alone.
+class. Target matching, the dry-run plan, ``PeftModel``, save/load and merge work from that alone. The
+registration also carries the method's facts that the command line, the bench and the docs read: its one-line
+description, the learning rate and settings ``peftkit train`` uses unless told otherwise, its variants benched
+as rows of their own (DoRA for LoRA) and its forms on a quantised base model (QLoRA).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from torch import nn
 
 from peftkit.core.config import PeftConfig, register_config_class
 from peftkit.core.errors import ConfigError
 from peftkit.core.layer import AdapterLayer
+
+
+@dataclass(frozen=True)
+class QuantizedForm:
+    """The method trained on a base model stored in a quantised format (QLoRA: LoRA on NF4 weights)."""
+
+    quantization: str  # "nf4"
+    learning_rate: float
+    description: str
 
 
 @dataclass(frozen=True)
@@ -23,6 +36,15 @@ class Method:
     layers_note: str = ""  # what else a module needs, for error messages (e.g. " with a bias")
     prompt_cls: type | None = None  # prompt-learning methods: a PromptAdapter class instead of layers
     peft_reads: bool = True  # Hugging Face peft has this method and reads its checkpoints
+    # Adapter arithmetic (peft's add_weighted_adapter): (model, adapters, weights, new name, **options) -> None
+    combine_adapters: Callable[..., None] | None = None
+    description: str = ""  # one line, for `peftkit train --help` and the docs' method table
+    unchanged_at_start: bool = True  # a new adapter leaves the model's output as it was (LoRA's B = 0)
+    learning_rate: float = 1e-3  # what `peftkit train` uses unless --lr is given (a small encoder's need)
+    task_learning_rates: dict[str, float] = field(default_factory=dict)  # other rates per task, e.g. causal-lm
+    train_defaults: dict = field(default_factory=dict)  # config settings `peftkit train` uses unless set
+    variants: dict[str, dict] = field(default_factory=dict)  # benched as rows of their own: name -> options
+    quantized: dict[str, QuantizedForm] = field(default_factory=dict)  # name -> the form on a quantised base
 
     def layer_for(self, module: nn.Module) -> type[AdapterLayer] | None:
         for base_type, layer_cls in self.layers.items():
@@ -59,6 +81,32 @@ def method_for_config(config: PeftConfig) -> Method:
         if isinstance(config, method.config_cls):
             return method
     raise ConfigError(f"{type(config).__name__} is not the config of a registered method")
+
+
+def method_form(name: str) -> tuple[Method, QuantizedForm | None]:
+    """(the method, its quantised form or None) for a method name or a quantised form's name ("qlora")."""
+    for method in _METHODS.values():
+        if name in method.quantized:
+            return method, method.quantized[name]
+    return method_by_name(name), None
+
+
+def method_variants() -> dict[str, tuple[Method, dict]]:
+    """Every registered variant by name: (its method, the options that make it)."""
+    return {variant: (method, options) for method in _METHODS.values() for variant, options in method.variants.items()}
+
+
+def quantized_forms() -> dict[str, tuple[Method, QuantizedForm]]:
+    """Every quantised form by name: (its method, the form)."""
+    return {name: (method, form) for method in _METHODS.values() for name, form in method.quantized.items()}
+
+
+def default_learning_rate(name: str, task: str | None = None) -> float:
+    """The learning rate ``peftkit train`` uses for a method (or a quantised form) unless told otherwise."""
+    method, form = method_form(name)
+    if task in method.task_learning_rates:
+        return method.task_learning_rates[task]
+    return form.learning_rate if form is not None else method.learning_rate
 
 
 def method_by_peft_type(peft_type: str) -> Method:

@@ -17,14 +17,12 @@ from transformers.pytorch_utils import Conv1D
 from peftkit.core.config import PeftConfig, TargetedConfig
 from peftkit.core.errors import ConfigError
 from peftkit.core.layer import AdapterLayer, base_of
+from peftkit.core.module_names import ALL, ALL_LINEAR, name_matches, output_heads
 from peftkit.core.modules_to_save import ModuleCopies, ModulesToSave
 from peftkit.core.registry import Method, method_for_config
 
-ALL_LINEAR = "all-linear"
-ALL = "all"  # every module the method can wrap, except the output head
 # Task heads peft adds to modules_to_save for these task types; optional (a model has one or none).
 TASK_HEAD_NAMES = {"SEQ_CLS": ["classifier", "score"], "TOKEN_CLS": ["classifier", "score"]}
-_HEAD_ATTRIBUTES = ("lm_head", "classifier", "score", "qa_outputs")
 
 
 @dataclass
@@ -73,11 +71,9 @@ class Plan:
 
 
 def plan(model: nn.Module, config: PeftConfig) -> Plan:
-    """List what ``config`` would add to ``model`` without changing it."""
-    from peftkit.core.peft_model import PeftModel
-
+    """List what ``config`` would add to ``model`` (a model, or a ``PeftModel`` around one) without changing it."""
     method = method_for_config(config)
-    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
     config = config.resolved(base)
     saved = _saved_modules(base, config)
     if method.prompt_cls is not None:
@@ -98,7 +94,8 @@ def _prompt_module(model: nn.Module, config: PeftConfig, prompt_cls: type) -> Pl
 
 
 def inside_adapter_container(model: nn.Module, param_name: str) -> bool:
-    """True for an adapter's own tensor (``q.lora_A.default.weight``), False for a base one (``q.base_layer.weight``)."""
+    """True for an adapter's own tensor (``q.lora_A.default.weight``), False for a base one
+    (``q.base_layer.weight``)."""
     parts = param_name.split(".")
     module = model
     for part in parts[:-1]:
@@ -118,23 +115,6 @@ def candidate_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
             hidden.append(name + ".")
         found.append((name, module))
     return found
-
-
-def output_heads(model: nn.Module) -> set[str]:
-    heads = set()
-    get_output = getattr(model, "get_output_embeddings", None)
-    output = get_output() if callable(get_output) else None
-    for name, module in model.named_modules():
-        if (output is not None and base_of(module) is output) or name in _HEAD_ATTRIBUTES:
-            heads.add(name)
-    return heads
-
-
-def name_matches(name: str, pattern: list[str] | str) -> bool:
-    """List: exact name or dotted suffix. String: regex full match."""
-    if isinstance(pattern, str):
-        return re.fullmatch(pattern, name) is not None
-    return any(name == p or name.endswith("." + p) for p in pattern)
 
 
 def layer_index(name: str, layers_pattern: list[str] | str | None) -> int | None:

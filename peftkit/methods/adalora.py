@@ -2,7 +2,7 @@
 
 Zhang et al., 2023, "AdaLoRA: Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning" (ICLR).
 Each target module holds ΔW = (α / (r₀ + 1e-5)) · B diag(E) A with r₀ = ``init_r`` triplets
-(aᵢ, eᵢ, bᵢ): E starts at 0, A and B ~ N(0, 0.02) (``methods/svd_lora.py``).
+(aᵢ, eᵢ, bᵢ): E starts at 0, A and B ~ N(0, 0.02) (``methods/lora/svd.py``).
 
 Budget allocation (``AdaLoraAllocator.step(t)``, after each optimizer step, before the gradients are
 cleared — ``recipes/rank_allocation.py`` does it inside transformers' Trainer):
@@ -29,7 +29,7 @@ from peftkit.core.config import TargetedConfig, config_dataclass
 from peftkit.core.errors import ConfigError
 from peftkit.core.registry import Method, register_method
 from peftkit.methods.lora import LORA_DEFAULT_TARGETS, LoraConfig, linear_shape
-from peftkit.methods.svd_lora import SvdLowRankLinear, check_allocation_settings, require_int
+from peftkit.methods.lora.svd import SvdLowRankLinear, check_allocation_settings, require_int
 
 
 @config_dataclass
@@ -50,6 +50,7 @@ class AdaLoraConfig(TargetedConfig):
     rank_pattern: dict[str, list[bool]] | None = None
     lora_alpha: float = 8
     lora_dropout: float = 0.0
+    fan_in_fan_out: bool = False  # peft's flag for Conv1D (GPT-2); the orientation is read from the module type
 
     field_aliases = {"rank": "init_r", "r": "init_r", "alpha": "lora_alpha", "targets": "target_modules"}
     # peft writes its LoRA fields too; at these values they change nothing for AdaLoRA (r is unused there)
@@ -240,4 +241,7 @@ class AdaLoraAllocator:
 
 
 register_method(Method(name="adalora", config_cls=AdaLoraConfig,
-                       layers={nn.Linear: AdaLoraLinear, Conv1D: AdaLoraLinear}))
+                       layers={nn.Linear: AdaLoraLinear, Conv1D: AdaLoraLinear},
+                       description="AdaLoRA: SVD-shaped LoRA whose rank budget moves to the most important layers",
+                       learning_rate=1e-2,
+                       train_defaults={"init_r": 12, "target_r": 8, "lora_alpha": 32, "target_modules": "all-linear"}))

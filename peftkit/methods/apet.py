@@ -11,8 +11,8 @@ Given a budget N, train N parameters chosen at random, deterministically from (N
 About ``module_share`` · N (default half) comes from the first pool, the rest from the second: each
 pool is shuffled and an item is taken when it still fits. With ``element_mask=True`` the budget is met
 exactly: what is left is trained as a random subset of the elements of one more backbone tensor
-(Δ on K fixed random positions, the rest of the tensor frozen). Without it the total is at most N. ``budget="match:<method>"`` takes
-the count of that method's default config on the model (e.g. ``"match:lora"``).
+(Δ on K fixed random positions, the rest of the tensor frozen). Without it the total is at most N.
+``budget="match:<method>"`` takes the count of that method's default config on the model (e.g. ``"match:lora"``).
 
 Choices: soft prompts are not in the pool (they change the sequence length, so they cannot mix with
 the rest in one forward); embeddings and the output head are not either (the task head, when the
@@ -31,9 +31,8 @@ from torch import nn
 
 from peftkit.core.config import TargetedConfig, config_dataclass
 from peftkit.core.errors import ConfigError
-from peftkit.core.layer import AdapterLayer
+from peftkit.core.layer import AdapterLayer, base_of
 from peftkit.core.registry import Method, method_by_name, register_method
-from peftkit.core.layer import base_of
 from peftkit.core.targets import candidate_modules, output_heads
 from peftkit.methods.bottleneck import Bottleneck
 
@@ -232,4 +231,5 @@ class ApetLayer(AdapterLayer):
 
 
 register_method(Method(name="apet", config_cls=ApetConfig, layers={nn.Linear: ApetLayer, nn.LayerNorm: ApetLayer},
-                       peft_reads=False))
+                       peft_reads=False, learning_rate=5e-4,
+                       description="APET: any chosen parameters of the model trained as sparse deltas, to a budget"))

@@ -71,4 +71,5 @@ class BiasDelta(AdapterLayer):
 
 register_method(Method(name="bitfit", config_cls=BitFitConfig, layers_note=" with a bias",
                        layers={nn.Linear: BiasDelta, Conv1D: BiasDelta, nn.LayerNorm: BiasDelta},
-                       peft_reads=False))
+                       peft_reads=False, learning_rate=2e-3,
+                       description="BitFit: only the bias terms train"))

@@ -24,9 +24,9 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from peftkit.core.block_input import ReadsBlockInput
 from peftkit.core.config import TargetedConfig, config_dataclass
 from peftkit.core.errors import ConfigError
-from peftkit.core.block_input import ReadsBlockInput
 from peftkit.core.layer import output_width
 from peftkit.core.registry import Method, register_method
 from peftkit.methods.lora import linear_shape
@@ -241,4 +241,5 @@ class BottleneckLayer(ReadsBlockInput):
 
 
 register_method(Method(name="adapter", config_cls=BottleneckConfig, layers={nn.Module: BottleneckLayer},
-                       layers_note=" holding a Linear or Conv1D", peft_reads=False))
+                       layers_note=" holding a Linear or Conv1D", peft_reads=False, learning_rate=2e-3,
+                       description="bottleneck adapters: a small down-project / up-project block after a layer"))

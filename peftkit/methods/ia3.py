@@ -138,4 +138,6 @@ class IA3Linear(AdapterLayer):
         return result
 
 
-register_method(Method(name="ia3", config_cls=IA3Config, layers={nn.Linear: IA3Linear, Conv1D: IA3Linear}))
+register_method(Method(name="ia3", config_cls=IA3Config, layers={nn.Linear: IA3Linear, Conv1D: IA3Linear},
+                       learning_rate=2e-2, description="(IA)³: learned vectors that rescale keys, values and "
+                                                       "feed-forward activations"))

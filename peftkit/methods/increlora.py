@@ -2,7 +2,7 @@
 
 Zhang et al., 2023, "IncreLoRA: Incremental Parameter Allocation Method for Parameter-Efficient
 Fine-tuning". Each target module's update is a growing sum of rank-1 components (aᵢ, eᵢ, bᵢ)
-(``methods/svd_lora.py``):
+(``methods/lora/svd.py``):
 
     ΔW = (α / r_t) Σᵢ bᵢ eᵢ aᵢ,     r_t = the module's number of active components
 
@@ -42,7 +42,7 @@ from peftkit.core.config import TargetedConfig, config_dataclass
 from peftkit.core.errors import ConfigError
 from peftkit.core.registry import Method, register_method
 from peftkit.methods.lora import LORA_DEFAULT_TARGETS, linear_shape
-from peftkit.methods.svd_lora import SvdLowRankLinear, check_allocation_settings, require_int
+from peftkit.methods.lora.svd import SvdLowRankLinear, check_allocation_settings, require_int
 
 RESERVE_E = 1e-5
 INIT_STD = 0.02
@@ -224,7 +224,8 @@ class IncreLoraAllocator:
                 continue
             importance = float(layer.importance.pop(self.name))
             self.sensitivity[key] = beta1 * self.sensitivity[key] + (1 - beta1) * importance
-            self.uncertainty[key] = beta2 * self.uncertainty[key] + (1 - beta2) * abs(importance - self.sensitivity[key])
+            deviation = abs(importance - self.sensitivity[key])
+            self.uncertainty[key] = beta2 * self.uncertainty[key] + (1 - beta2) * deviation
 
     def scores(self) -> dict[str, float]:
         return {key: self.sensitivity[key] * self.uncertainty[key] for key in self.layers}
@@ -271,4 +272,7 @@ class IncreLoraAllocator:
 
 
 register_method(Method(name="increlora", config_cls=IncreLoraConfig,
-                       layers={nn.Linear: IncreLoraLinear, Conv1D: IncreLoraLinear}, peft_reads=False))
+                       layers={nn.Linear: IncreLoraLinear, Conv1D: IncreLoraLinear}, peft_reads=False,
+                       description="IncreLoRA: LoRA whose ranks grow where the importance scores are highest",
+                       learning_rate=1e-2,
+                       train_defaults={"target_rank": 8, "lora_alpha": 16, "target_modules": "all-linear"}))

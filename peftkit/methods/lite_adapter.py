@@ -104,4 +104,5 @@ class LiteAdapterLinear(AdapterLayer):
 
 
 register_method(Method(name="lite", config_cls=LiteAdapterConfig,
-                       layers={nn.Linear: LiteAdapterLinear, Conv1D: LiteAdapterLinear}, peft_reads=False))
+                       layers={nn.Linear: LiteAdapterLinear, Conv1D: LiteAdapterLinear}, peft_reads=False,
+                       description="LiST's lite adapters: a tiny bottleneck beside each linear layer"))

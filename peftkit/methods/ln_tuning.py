@@ -49,4 +49,5 @@ class NormCopies(ModuleCopies):
 
 
 register_method(Method(name="ln", config_cls=LNTuningConfig, layers={nn.Module: NormCopies},
-                       layers_note=" that normalise: LayerNorm, RMSNorm, ...Norm"))
+                       layers_note=" that normalise: LayerNorm, RMSNorm, ...Norm", learning_rate=2e-3,
+                       description="LN tuning: only the normalisation layers train"))

@@ -46,8 +46,8 @@ from torch import nn
 from peftkit.core.config import TargetedConfig, config_dataclass
 from peftkit.core.errors import ConfigError
 from peftkit.core.layer import AdapterLayer, output_width
+from peftkit.core.mechanics.sharding import gathered, is_sharded
 from peftkit.core.registry import Method, register_method
-from peftkit.core.sharding import gathered, is_sharded
 from peftkit.core.targets import ALL, layer_index
 from peftkit.methods.bottleneck import ACTIVATIONS, Bottleneck
 from peftkit.methods.reversible import Coupling, ReversibleSegment, coupled
@@ -325,4 +325,5 @@ class MeftLayer(AdapterLayer):
 
 register_method(Method(name="meft", config_cls=MeftConfig, layers={nn.Module: MeftLayer},
                        layers_note=" that is a transformer layer (BERT-style encoder or Llama-style decoder)",
-                       peft_reads=False))
+                       peft_reads=False, learning_rate=2e-3, unchanged_at_start=False,
+                       description="MEFT: reversible adapters, so activations are recomputed instead of stored"))

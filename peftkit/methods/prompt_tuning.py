@@ -21,9 +21,9 @@ from torch import nn
 
 from peftkit.core.config import config_dataclass
 from peftkit.core.errors import ConfigError
+from peftkit.core.mechanics.sharding import whole
 from peftkit.core.prompt import PromptLearningConfig, SoftPromptAdapter
 from peftkit.core.registry import Method, register_method
-from peftkit.core.sharding import whole
 
 PROMPT_INITS = ("RANDOM", "SAMPLE_VOCAB", "TEXT")
 
@@ -128,5 +128,10 @@ class PromptEncoder(SoftPromptAdapter):
         return self.mlp(tokens)
 
 
-register_method(Method(name="prompt", config_cls=PromptTuningConfig, layers={}, prompt_cls=SoftPrompt))
-register_method(Method(name="ptuning", config_cls=PromptEncoderConfig, layers={}, prompt_cls=PromptEncoder))
+register_method(Method(name="prompt", config_cls=PromptTuningConfig, layers={}, prompt_cls=SoftPrompt,
+                       learning_rate=3e-2, unchanged_at_start=False,
+                       train_defaults={"prompt_tuning_init": "SAMPLE_VOCAB"},
+                       description="prompt tuning: trained virtual tokens before the input"))
+register_method(Method(name="ptuning", config_cls=PromptEncoderConfig, layers={}, prompt_cls=PromptEncoder,
+                       learning_rate=3e-3, unchanged_at_start=False,
+                       description="P-tuning: virtual tokens made by a small trained encoder"))

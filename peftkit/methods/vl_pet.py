@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from peftkit.core.block_input import ReadsBlockInput
 from peftkit.core.config import TargetedConfig, config_dataclass
 from peftkit.core.errors import ConfigError
-from peftkit.core.block_input import ReadsBlockInput
 from peftkit.core.layer import output_width
 from peftkit.core.registry import Method, register_method
 from peftkit.core.targets import name_matches
@@ -167,8 +167,8 @@ def _input_width(module: nn.Module) -> int:
 
 
 def _block_input_source(module_name: str, config: VlPetConfig) -> str | None:
-    return next((source for pattern, source in (config.block_input or {}).items() if name_matches(module_name, pattern)),
-                None)
+    sources = (config.block_input or {}).items()
+    return next((source for pattern, source in sources if name_matches(module_name, pattern)), None)
 
 
 class VlPetLayer(ReadsBlockInput):
@@ -232,4 +232,5 @@ class VlPetLayer(ReadsBlockInput):
 
 
 register_method(Method(name="vl_pet", config_cls=VlPetConfig, layers={nn.Module: VlPetLayer},
-                       layers_note=" holding a Linear", peft_reads=False))
+                       layers_note=" holding a Linear", peft_reads=False, learning_rate=2e-3,
+                       description="VL-PET: gated modules whose granularity (element, vector, matrix) is chosen"))

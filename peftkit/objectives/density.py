@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from peftkit.core.errors import ConfigError
-from peftkit.core.lean import is_activation_module, kept_form, rebuilt
+from peftkit.core.mechanics.lean import is_activation_module, kept_form, rebuilt
 
 # The report's τ: |a| ≤ √ε (ε = 1e-7) is where the loss counts an activation as zero (a²/(a² + ε) ≤ 1/2).
 DENSITY_THRESHOLD = 1e-7 ** 0.5

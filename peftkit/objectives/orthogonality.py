@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from peftkit.core.errors import ConfigError
-from peftkit.methods.svd_lora import SvdLowRankLinear
+from peftkit.methods.lora.svd import SvdLowRankLinear
 
 
 class OrthogonalityLoss:

@@ -20,17 +20,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from peftkit.bench.memory import peak_rss_mib
+from peftkit.core.mechanics.sharding import held_parameters
 from peftkit.core.peft_model import PeftModel
 from peftkit.core.pretrained import load_causal_lm, resolve_causal_lm_dir
-from peftkit.core.sharding import held_parameters
+from peftkit.objectives.density import DensityLoss
 from peftkit.recipes.training import (
     FULL_FINE_TUNING,
-    LEARNING_RATES,
     ObjectiveTrainer,
     TrainOptions,
     TrainResult,
     autocast,
+    learning_rate_for,
     load_saved_adapter,
     loads_sharded,
     parameter_counts,
@@ -41,12 +41,11 @@ from peftkit.recipes.training import (
     split_rows,
     with_method,
 )
-from peftkit.objectives.density import DensityLoss
 from peftkit.tasks.causal_lm import IGNORE, Example, encode, load_lm_examples, sst2_instruction_rows
 from peftkit.tasks.data import read_rows
+from peftkit.utils.memory import peak_rss_mib
 
 MAX_CANDIDATES = 20
-CAUSAL_LM_LEARNING_RATES = {"lora": 2e-4, "qlora": 2e-4}
 
 
 class LeftPadCollator:
@@ -172,7 +171,7 @@ def train_causal_lm(options: TrainOptions) -> TrainResult:
                                            sharded_run(options))
     trainable, total = parameter_counts(peft_model)
     held = held_parameters(peft_model)
-    learning_rate = options.lr or CAUSAL_LM_LEARNING_RATES.get(options.method, LEARNING_RATES.get(options.method, 1e-4))
+    learning_rate = options.lr or learning_rate_for(options.method, "causal-lm")
     dataset = [encode(tokenizer, e, options.max_length) for e in train_examples]
     objectives = (DensityLoss(peft_model, weight=options.density_loss),) if options.density_loss else ()
     progress, train_seconds = run_trainer(peft_model, dataset, LeftPadCollator(tokenizer.pad_token_id), options,

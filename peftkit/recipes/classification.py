@@ -17,15 +17,16 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 
-from peftkit.bench.memory import peak_rss_mib
 from peftkit.core.errors import ConfigError
+from peftkit.core.mechanics.sharding import held_parameters
 from peftkit.core.pretrained import load_sequence_classifier, resolve_model_dir
-from peftkit.core.sharding import held_parameters
+from peftkit.objectives.density import DENSITY_THRESHOLD, DensityLoss, activation_density
+from peftkit.objectives.distillation import DistillationLoss
 from peftkit.recipes.training import (
-    LEARNING_RATES,
     TrainOptions,
     TrainResult,
     autocast,
+    learning_rate_for,
     load_saved_adapter,
     loads_sharded,
     parameter_counts,
@@ -37,11 +38,17 @@ from peftkit.recipes.training import (
     split_rows,
     with_method,
 )
-from peftkit.objectives.density import DENSITY_THRESHOLD, DensityLoss, activation_density
-from peftkit.objectives.distillation import DistillationLoss
-from peftkit.tasks.classification import (Columns, Examples, LabelSet, bundled_sst2, find_columns, load_examples,
-                                         tokenize)
+from peftkit.tasks.classification import (
+    Columns,
+    Examples,
+    LabelSet,
+    bundled_sst2,
+    find_columns,
+    load_examples,
+    tokenize,
+)
 from peftkit.tasks.data import read_rows
+from peftkit.utils.memory import peak_rss_mib
 
 
 @dataclass
@@ -100,7 +107,7 @@ def setup_classifier(options: TrainOptions, wrap=with_method) -> ClassifierSetup
     return ClassifierSetup(data=data, tokenizer=tokenizer, model=peft_model, quantization=quantization,
                            dataset=tokenize(tokenizer, data.train, options.max_length, "training"),
                            eval_encoded=tokenize(tokenizer, data.eval, options.max_length, "evaluation"),
-                           learning_rate=options.lr or LEARNING_RATES.get(options.method, 1e-3))
+                           learning_rate=options.lr or learning_rate_for(options.method))
 
 
 def train_classifier(options: TrainOptions) -> TrainResult:

@@ -29,8 +29,17 @@ from peftkit.core.errors import DataError
 from peftkit.recipes.tagging import train_tagger
 from peftkit.recipes.training import FULL_FINE_TUNING, TrainOptions, TrainResult, split_rows
 from peftkit.tasks.data import read_rows
-from peftkit.tasks.keyphrases import (KeyphraseScores, TfidfBaseline, bio_row, contains, corpus_scores,
-                                      first_position, normalise, phrases_from_tags, split_present)
+from peftkit.tasks.keyphrases import (
+    KeyphraseScores,
+    TfidfBaseline,
+    bio_row,
+    contains,
+    corpus_scores,
+    first_position,
+    normalise,
+    phrases_from_tags,
+    split_present,
+)
 
 GENERATION_PROMPT = "Title and abstract: {text}\nKeyphrases:"
 SEPARATOR = " ; "

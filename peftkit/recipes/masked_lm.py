@@ -24,15 +24,25 @@ from pathlib import Path
 import torch
 from transformers import DataCollatorForLanguageModeling
 
-from peftkit.bench.memory import peak_rss_mib
 from peftkit.core.errors import ConfigError, DataError
 from peftkit.core.peft_model import PeftModel
 from peftkit.core.pretrained import head_parameters, load_masked_lm, output_heads, resolve_model_dir
 from peftkit.objectives.self_evolution import SelfEvolution
-from peftkit.recipes.training import (LEARNING_RATES, ObjectiveTrainer, TrainOptions, TrainResult, is_main_process,
-                                      parameter_counts, recipe_config, run_trainer, split_rows, with_method)
+from peftkit.recipes.training import (
+    ObjectiveTrainer,
+    TrainOptions,
+    TrainResult,
+    is_main_process,
+    learning_rate_for,
+    parameter_counts,
+    recipe_config,
+    run_trainer,
+    split_rows,
+    with_method,
+)
 from peftkit.tasks.classification import TEXT_COLUMNS
 from peftkit.tasks.data import read_rows
+from peftkit.utils.memory import peak_rss_mib
 
 OBJECTIVES = ("mlm", "self-evolution")
 MLM_LEARNING_RATES = {"full": 1e-4}
@@ -164,7 +174,7 @@ def train_masked_lm(options: TrainOptions, objective: str = "mlm") -> TrainResul
     trainable, total = parameter_counts(trained)
     train, evaluation = (encode_passages(tokenizer, p, options.max_length) for p in (passages, held_out))
     before = held_out_loss(trained, tokenizer, evaluation)
-    learning_rate = options.lr or MLM_LEARNING_RATES.get(options.method) or LEARNING_RATES.get(options.method, 1e-3)
+    learning_rate = options.lr or MLM_LEARNING_RATES.get(options.method) or learning_rate_for(options.method)
     if objective == "mlm":
         masked_only = MaskedOnly(trained)
         trainer_cls = type("MaskedOnlyRun", (MaskedOnlyTrainer,), {"masked_only": masked_only})

@@ -26,10 +26,18 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from peftkit.bench.memory import peak_rss_mib
 from peftkit.core.errors import ConfigError
-from peftkit.recipes.training import (LEARNING_RATES, TrainOptions, TrainResult, parameter_counts, recipe_config,
-                                      run_trainer, save_result, with_method)
+from peftkit.recipes.training import (
+    TrainOptions,
+    TrainResult,
+    learning_rate_for,
+    parameter_counts,
+    recipe_config,
+    run_trainer,
+    save_result,
+    with_method,
+)
+from peftkit.utils.memory import peak_rss_mib
 
 FIELDS = re.compile(r"\{(text|text_pair|mask)\}")
 
@@ -218,7 +226,7 @@ def train_pet(options: TrainOptions, pattern: Pattern) -> TrainResult:
     train, evaluation = encode_examples(encoder, data.train), encode_examples(encoder, data.eval)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     progress, train_seconds = run_trainer(classifier, train, ClozeCollator(pad, left=causal), options,
-                                          options.lr or LEARNING_RATES.get(options.method, 1e-3))
+                                          options.lr or learning_rate_for(options.method))
     predicted = cloze_predictions(classifier, evaluation, pad).argmax(-1)
     correct = int((predicted == torch.tensor(data.eval.labels)).sum())
     output = Path(options.output)

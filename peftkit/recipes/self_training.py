@@ -28,8 +28,14 @@ from peftkit.core.errors import ConfigError
 from peftkit.core.peft_model import PeftModel
 from peftkit.methods.lite_adapter import LiteAdapterConfig
 from peftkit.objectives.meta_weights import meta_weights
-from peftkit.recipes.pet import (ClozeClassifier, ClozeCollator, ClozeEncoder, Pattern, cloze_predictions,
-                                 encode_examples)
+from peftkit.recipes.pet import (
+    ClozeClassifier,
+    ClozeCollator,
+    ClozeEncoder,
+    Pattern,
+    cloze_predictions,
+    encode_examples,
+)
 from peftkit.tasks.classification import Examples
 
 
@@ -194,11 +200,11 @@ def train_list(options, pattern: Pattern, shots: int = 16, unlabelled: int | Non
     file, up to ``unlabelled`` of the others as unlabelled text; the last student saved to ``options.output``."""
     from pathlib import Path
 
-    from peftkit.bench.memory import peak_rss_mib
     from peftkit.core.checkpoint import write_json
     from peftkit.core.pretrained import load_masked_lm, resolve_model_dir
     from peftkit.recipes.classification import load_task_data
     from peftkit.recipes.training import TASK_FILE, TrainResult
+    from peftkit.utils.memory import peak_rss_mib
 
     started = time.perf_counter()
     torch.manual_seed(options.seed)

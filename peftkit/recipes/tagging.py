@@ -14,17 +14,34 @@ from pathlib import Path
 import torch
 from transformers import DataCollatorForTokenClassification
 
-from peftkit.bench.memory import peak_rss_mib
 from peftkit.core.errors import ConfigError
+from peftkit.core.mechanics.sharding import held_parameters
 from peftkit.core.pretrained import load_token_classifier, resolve_model_dir
-from peftkit.core.sharding import held_parameters
-from peftkit.recipes.training import (LEARNING_RATES, TrainOptions, TrainResult, autocast, loads_sharded,
-                                      parameter_counts, recipe_config, run_trainer, save_result, sharded_run,
-                                      split_rows, with_method)
+from peftkit.recipes.training import (
+    TrainOptions,
+    TrainResult,
+    autocast,
+    learning_rate_for,
+    loads_sharded,
+    parameter_counts,
+    recipe_config,
+    run_trainer,
+    save_result,
+    sharded_run,
+    split_rows,
+    with_method,
+)
 from peftkit.tasks.classification import LabelSet
 from peftkit.tasks.data import read_rows
-from peftkit.tasks.tagging import (EntityScores, TaggedExamples, entity_scores, find_tag_columns, load_tagged,
-                                   tokenize_tagged)
+from peftkit.tasks.tagging import (
+    EntityScores,
+    TaggedExamples,
+    entity_scores,
+    find_tag_columns,
+    load_tagged,
+    tokenize_tagged,
+)
+from peftkit.utils.memory import peak_rss_mib
 
 TASK = "token-classification"
 
@@ -102,7 +119,7 @@ def train_tagger(options: TrainOptions) -> TaggerRun:
     evaluation = tokenize_tagged(tokenizer, data.eval, options.max_length)
     progress, train_seconds = run_trainer(peft_model, without_word_ids(train),
                                           DataCollatorForTokenClassification(tokenizer), options,
-                                          options.lr or LEARNING_RATES.get(options.method, 1e-3))
+                                          options.lr or learning_rate_for(options.method))
     with autocast(options):
         predicted = predict_tags(peft_model, tokenizer, evaluation, data.eval.words, data.tags.names)
     scores = entity_scores([[data.tags.names[t] for t in row] for row in data.eval.tags], predicted)

@@ -7,13 +7,13 @@ time.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import shutil
 import sys
 import tempfile
 import time
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,30 +25,17 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from peftkit import methods  # noqa: F401  (registers the built-in methods the recipes look up by name)
 from peftkit.core.checkpoint import CONFIG_NAME, read_json, write_json
 from peftkit.core.errors import CheckpointError, ConfigError
+from peftkit.core.mechanics.quantization import quantize_nf4
+from peftkit.core.mechanics.sharding import process_count, shard_loaded
 from peftkit.core.peft_model import PeftModel, get_peft_model
-from peftkit.core.quantization import quantize_nf4
-from peftkit.core.registry import method_by_name
-from peftkit.core.sharding import process_count, shard_loaded
+from peftkit.core.registry import default_learning_rate, method_form
 from peftkit.recipes.checkpoints import TrainingCheckpoints, last_checkpoint
 from peftkit.recipes.option_rules import check_options
 from peftkit.recipes.output_paths import CHECKPOINTS, check_output
 
-# Method settings used by `peftkit train` unless the user sets them (LoRA on every linear layer).
-METHOD_DEFAULTS = {
-    "lora": {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"},
-    "prompt": {"prompt_tuning_init": "SAMPLE_VOCAB"},
-    "adalora": {"init_r": 12, "target_r": 8, "lora_alpha": 32, "target_modules": "all-linear"},
-    "increlora": {"target_rank": 8, "lora_alpha": 16, "target_modules": "all-linear"},
-}
-# Learning rates used unless --lr is given: what each method needs on a small encoder. "full" trains
-# every weight of the model (no adapter): the reference the methods are measured against.
-LEARNING_RATES = {"lora": 1e-3, "qlora": 2e-3, "adapter": 2e-3, "ia3": 2e-2, "bitfit": 2e-3, "ln": 2e-3,
-                  "prompt": 3e-2, "ptuning": 3e-3, "prefix": 1e-2, "meft": 2e-3, "vl_pet": 2e-3, "apet": 5e-4,
-                  "adalora": 1e-2, "increlora": 1e-2,
-                  "full": 5e-5}
+# "full" trains every weight of the model (no adapter): the reference the methods are measured against.
 FULL_FINE_TUNING = "full"
-# Methods that are another method on a quantised base model: name -> (adapter method, base quantisation).
-QUANTIZED_METHODS = {"qlora": ("lora", "nf4")}
+FULL_LEARNING_RATE = 5e-5
 TASK_FILE = "peftkit_task.json"
 
 
@@ -86,7 +73,7 @@ class TrainOptions:
     resume: bool = False  # continue from the newest checkpoint in OUTPUT/checkpoints
     overwrite: bool = False  # replace another run's checkpoints in OUTPUT/checkpoints
     gradient_checkpointing: bool = False  # recompute each layer's activations in backward (non-reentrant)
-    fsdp: bool = False  # shard the base model over the torchrun processes with FSDP2 (core/sharding.py)
+    fsdp: bool = False  # shard the base model over the torchrun processes with FSDP2 (core/mechanics/sharding.py)
 
     def __post_init__(self) -> None:
         check_options(dataclasses.asdict(self))
@@ -172,7 +159,7 @@ def is_main_process() -> bool:
 
 
 def sharded_run(options: TrainOptions) -> bool:
-    """Whether the base model loads sharded over the processes with FSDP2 (``--fsdp``, ``core/sharding.py``);
+    """Whether the base model loads sharded over the processes with FSDP2 (``--fsdp``, ``core/mechanics/sharding.py``);
     a one-line error where it cannot."""
     if not options.fsdp:
         return False
@@ -226,8 +213,8 @@ def label_question(labels: list[str]) -> str:
 def method_config(method: str, options: dict, task_type: str, model_dir: Path, labels: list[str]):
     """The method's config from the recipe's defaults, the user's options and what the model folder and
     labels supply (base model path; a TEXT soft prompt's tokenizer and label words)."""
-    spec = method_by_name(QUANTIZED_METHODS.get(method, (method,))[0])
-    settings = {**METHOD_DEFAULTS.get(spec.name, {}), **options, "task_type": task_type,
+    spec, _ = method_form(method)
+    settings = {**spec.train_defaults, **options, "task_type": task_type,
                 "base_model_name_or_path": str(model_dir)}
     if settings.get("prompt_tuning_init") == "TEXT":
         settings.setdefault("tokenizer_name_or_path", str(model_dir))
@@ -236,7 +223,14 @@ def method_config(method: str, options: dict, task_type: str, model_dir: Path, l
 
 
 def base_quantization(method: str) -> str | None:
-    return QUANTIZED_METHODS.get(method, (None, None))[1]
+    """How the method stores the base model's weights ("nf4" for QLoRA), or None."""
+    form = None if method == FULL_FINE_TUNING else method_form(method)[1]
+    return form.quantization if form is not None else None
+
+
+def learning_rate_for(method: str, task: str | None = None) -> float:
+    """The learning rate ``peftkit train`` uses unless ``--lr`` is given: the method's registered one."""
+    return FULL_LEARNING_RATE if method == FULL_FINE_TUNING else default_learning_rate(method, task)
 
 
 def recipe_config(options: TrainOptions, task_type: str, model_dir: Path, labels: list[str]):
@@ -252,7 +246,7 @@ def with_method(model: torch.nn.Module, method: str, config, sharded: bool = Fal
                                                                                              str | None]:
     """(the model to train, its base quantisation): quantised as the method wants, wrapped with the
     adapter unless ``config`` is None (full fine-tuning). ``sharded`` (FSDP): a model loaded whole to be
-    quantised is sharded over the processes here, after quantising (``core/sharding.py``)."""
+    quantised is sharded over the processes here, after quantising (``core/mechanics/sharding.py``)."""
     quantization = base_quantization(method)
     quantize_base(model, quantization)
     wrapped = model if config is None else get_peft_model(model, config)
@@ -292,8 +286,12 @@ def load_saved_adapter(adapter_dir: str | Path, task: str, model: str | None = N
 
     A causal-LM adapter from another tool (no peftkit task file) loads as a causal-LM one.
     """
-    from peftkit.core.pretrained import (load_causal_lm, load_sequence_classifier, resolve_causal_lm_dir,
-                                         resolve_model_dir)
+    from peftkit.core.pretrained import (
+        load_causal_lm,
+        load_sequence_classifier,
+        resolve_causal_lm_dir,
+        resolve_model_dir,
+    )
 
     folder = Path(adapter_dir)
     base_name = read_json(folder / CONFIG_NAME, "adapter config").get("base_model_name_or_path")

@@ -55,7 +55,8 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> list[dict]:
     for row in reader:
         if None in row or any(value is None for value in row.values()):
             fields = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None, []))
-            raise DataError(f"{path}:{reader.line_num}: the row has {fields} fields, the header {len(reader.fieldnames)}")
+            header = len(reader.fieldnames)
+            raise DataError(f"{path}:{reader.line_num}: the row has {fields} fields, the header {header}")
         rows.append(row)
     return rows
 

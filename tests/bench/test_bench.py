@@ -139,7 +139,8 @@ def test_other_settings_in_the_same_folder_are_refused(model_dir, data, tmp_path
 
 def test_bad_seeds_are_one_line(tmp_path, capsys):
     assert main(["bench", "--seeds", "1,x", "--output", str(tmp_path / "b")]) == 2
-    assert capsys.readouterr().err.strip() == "peftkit: error: --seeds must be whole numbers separated by commas, got '1,x'"
+    error = capsys.readouterr().err.strip()
+    assert error == "peftkit: error: --seeds must be whole numbers separated by commas, got '1,x'"
 
 
 def test_one_worker_for_all_jobs_measures_what_a_worker_per_job_does(model_dir, data, tmp_path):

@@ -6,7 +6,7 @@ import torch
 
 import peftkit
 from peftkit import LoraConfig
-from peftkit.bench.memory import SavedForBackward
+from peftkit.utils.memory import SavedForBackward
 from tests.conftest import randomize_trainable, tiny_batch, tiny_model
 
 

@@ -4,8 +4,18 @@ import pytest
 import torch
 
 import peftkit
-from peftkit import (Average, BatchSplit, BottleneckConfig, ConfigError, Fuse, IA3Config, LoraConfig, Parallel,
-                     PromptTuningConfig, Stack)
+from peftkit import (
+    Average,
+    BatchSplit,
+    BottleneckConfig,
+    ConfigError,
+    Fuse,
+    IA3Config,
+    LoraConfig,
+    Parallel,
+    PromptTuningConfig,
+    Stack,
+)
 from tests.conftest import logits, randomize_trainable, tiny_batch, tiny_model
 
 ADAPTERS = {

@@ -39,7 +39,8 @@ def test_peft_type_mismatch_is_an_error():
     alpha=st.one_of(st.integers(1, 128), st.floats(0.01, 100)),
     dropout=st.floats(0, 0.99),
     dora=st.booleans(),
-    targets=st.one_of(st.lists(st.sampled_from(["q", "k", "v", "dense"]), min_size=1, unique=True), st.just("all-linear")),
+    targets=st.one_of(st.lists(st.sampled_from(["q", "k", "v", "dense"]), min_size=1, unique=True),
+                      st.just("all-linear")),
     layers=st.one_of(st.none(), st.lists(st.integers(0, 30), max_size=4)),
 )
 def test_json_round_trip_is_exact(r, alpha, dropout, dora, targets, layers):

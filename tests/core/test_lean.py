@@ -8,10 +8,16 @@ from torch import nn
 
 import peftkit
 from peftkit import LoraConfig
-from peftkit.bench.memory import SavedForBackward
-from peftkit.core.lean import LEAN_ATTENTION, LeanDropout, LeanGatedMLP, disable_lean_training, enable_lean_training
-from peftkit.core.lean_ops import DroppedAttention, GatedProduct, MaskedDropout, dropped_positions
+from peftkit.core.mechanics.lean import (
+    LEAN_ATTENTION,
+    LeanDropout,
+    LeanGatedMLP,
+    disable_lean_training,
+    enable_lean_training,
+)
+from peftkit.core.mechanics.lean_ops import DroppedAttention, GatedProduct, MaskedDropout, dropped_positions
 from peftkit.methods.lora import FusedLowRank
+from peftkit.utils.memory import SavedForBackward
 from tests.conftest import randomize_trainable, tiny_batch, tiny_lora, tiny_model, train_losses
 
 
@@ -120,7 +126,8 @@ def test_enable_and_disable_round_trip_and_merge_leaves_a_plain_model():
     enable_lean_training(model)  # idempotent
     assert sum(type(m) is LeanDropout for m in model.modules()) == dropouts
     assert model.config._attn_implementation == LEAN_ATTENTION
-    assert sum(len(m._forward_hooks) for m in model.modules()) == 3 * 2 + 2  # 2 norms + GELU per layer; embeddings' norm, pooler's tanh
+    # 2 norms + GELU per layer; the embeddings' norm and the pooler's tanh
+    assert sum(len(m._forward_hooks) for m in model.modules()) == 3 * 2 + 2
     disable_lean_training(model)
     assert sum(type(m) is nn.Dropout for m in model.modules()) == dropouts
     assert model.config._attn_implementation == "sdpa"

@@ -58,7 +58,7 @@ def test_each_row_gets_its_own_lora_adapter(names):
 def test_same_rank_adapters_take_the_stacked_forms(monkeypatch, form):
     """Equal ranks, unequal scalings, a base row: the rows' updates come from the stacked form (once per
     adapted layer) and equal each row run alone; the stacks are reused until a weight changes."""
-    import peftkit.methods.lora_mixed as lora_mixed
+    import peftkit.methods.lora.mixed as lora_mixed
     from peftkit.methods.lora import LoraLinear
 
     model = None

@@ -5,7 +5,7 @@ import torch
 
 import peftkit
 from peftkit import ConfigError, LoraConfig, quantize_nf4
-from peftkit.core.quantization import dequantized, is_nf4, stored_bytes
+from peftkit.core.mechanics.quantization import dequantized, is_nf4, stored_bytes
 from tests.conftest import logits, randomize_trainable, tiny_batch, tiny_model, train_losses
 
 
@@ -29,7 +29,8 @@ def test_qlora_trains_only_lora_and_saves_a_plain_lora_adapter(tmp_path):
     batch = {**tiny_batch(batch=4), "labels": tiny_batch(batch=4)["input_ids"]}
     losses = train_losses(peft_model, batch, steps=30, lr=3e-2)
     assert losses[-1] < 0.95 * losses[0]  # the float model with the same LoRA: 4.79 -> 4.41
-    assert torch.equal(peft_model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight.quantized_data, codes)
+    query = peft_model.get_base_model().model.layers[0].self_attn.q_proj
+    assert torch.equal(query.base_layer.weight.quantized_data, codes)
     peft_model.eval()
     peft_model.save_pretrained(tmp_path)
     # the same adapter on the float model: differs only by NF4's rounding of the base weights

@@ -44,10 +44,13 @@ class RowScale(AdapterLayer):
         return out if bias is None else out + bias
 
 
-register_method(Method(name="test_row_scale", config_cls=RowScaleConfig, layers={nn.Linear: RowScale}))
+@pytest.fixture
+def row_scale_method():
+    """The toy method, registered for one test (conftest's ``isolated_registry`` removes it afterwards)."""
+    return register_method(Method(name="test_row_scale", config_cls=RowScaleConfig, layers={nn.Linear: RowScale}))
 
 
-def test_a_method_registered_with_one_call_plans_trains_saves_loads_and_merges(tmp_path):
+def test_a_method_registered_with_one_call_plans_trains_saves_loads_and_merges(row_scale_method, tmp_path):
     assert method_by_name("test_row_scale").config_cls is RowScaleConfig
     config = RowScaleConfig(target_modules=["o_proj"])
     assert plan(tiny_model("llama"), config).new_parameters == 2 * 32
@@ -65,3 +68,8 @@ def test_a_method_registered_with_one_call_plans_trains_saves_loads_and_merges(t
 def test_unknown_method_name_lists_the_registered_ones():
     with pytest.raises(ConfigError, match="unknown method 'lroa'.*lora"):
         method_by_name("lroa")
+
+
+def test_a_method_registered_in_one_test_is_gone_in_the_next():
+    with pytest.raises(ConfigError, match="unknown method 'test_row_scale'"):
+        method_by_name("test_row_scale")

@@ -20,7 +20,8 @@ def test_lora_on_minilm_learns_sst2_and_round_trips(tmp_path):
     for name, rows in (("train.jsonl", train_rows), ("dev.jsonl", dev_rows)):
         (tmp_path / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
     result = train_classifier(TrainOptions(train=str(tmp_path / "train.jsonl"), eval=str(tmp_path / "dev.jsonl"),
-                                           epochs=1, batch_size=16, lr=2e-3, max_length=64, output=str(tmp_path / "adapter")))
+                                           epochs=1, batch_size=16, lr=2e-3, max_length=64,
+                                           output=str(tmp_path / "adapter")))
     assert result.losses[-1] < result.losses[0] - 0.1
     assert result.accuracy >= 0.75  # chance is about 0.5
     assert 0.005 < result.trainable_parameters / result.total_parameters < 0.03

@@ -101,7 +101,8 @@ def test_save_arguments(tmp_path):
     ours.save_pretrained(tmp_path / "embeddings", save_embedding_layers=True)
     plain, embeddings = load_file(tmp_path / "plain/adapter_model.safetensors"), load_file(
         tmp_path / "embeddings/adapter_model.safetensors")
-    assert set(embeddings) - set(plain) == {"base_model.model.model.embed_tokens.weight", "base_model.model.lm_head.weight"}
+    assert set(embeddings) - set(plain) == {"base_model.model.model.embed_tokens.weight",
+                                            "base_model.model.lm_head.weight"}
     with pytest.raises(ConfigError, match="safetensors only"):
         ours.save_pretrained(tmp_path / "pickle", safe_serialization=False)
     with pytest.raises(ConfigError, match="does not convert"):
@@ -123,7 +124,8 @@ def test_load_arguments_and_key_mapping(tmp_path):
     with pytest.raises(ConfigError, match="ephemeral_gpu_offload"):
         peftkit.PeftModel.from_pretrained(tiny_model("llama"), tmp_path, ephemeral_gpu_offload=True)
     renamed = {key.replace("self_attn", "attention"): value for key, value in theirs.state_dict().items()}
-    weights = peftkit.load_peft_weights(tmp_path, key_mapping={r"^model\.layers\.(\d+)\.self_attn": r"model.layers.\1.attn"})
+    mapping = {r"^model\.layers\.(\d+)\.self_attn": r"model.layers.\1.attn"}
+    weights = peftkit.load_peft_weights(tmp_path, key_mapping=mapping)
     assert all(".attn." in key for key in weights if "q_proj" in key) and renamed
 
 

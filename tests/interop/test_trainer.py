@@ -7,11 +7,11 @@ import datasets
 import peft
 import pytest
 import torch
-from tests.conftest import VOCAB, logits, tiny_batch, tiny_model, without_dropout
 from transformers import Trainer, TrainingArguments
 
 import peftkit
 from peftkit import get_peft_model_state_dict, load_peft_weights
+from tests.conftest import VOCAB, logits, tiny_batch, tiny_model, without_dropout
 
 
 def _classification_data(rows: int = 48) -> datasets.Dataset:

@@ -9,8 +9,15 @@ import torch
 import peftkit
 from peftkit.methods.adalora import AdaLoraLinear
 from peftkit.objectives.orthogonality import OrthogonalityLoss
-from tests.conftest import (ATTENTION_TARGETS, assert_changed, logits, randomize_trainable, tiny_batch, tiny_model,
-                            without_dropout)
+from tests.conftest import (
+    ATTENTION_TARGETS,
+    assert_changed,
+    logits,
+    randomize_trainable,
+    tiny_batch,
+    tiny_model,
+    without_dropout,
+)
 
 SETTINGS = {"init_r": 4, "target_r": 2, "tinit": 2, "tfinal": 3, "deltaT": 1, "total_step": 12, "lora_alpha": 8}
 TOLERANCE = 1e-5
@@ -31,8 +38,8 @@ def peft_adalora(kind: str):
 
 def peftkit_like(peft_model, kind: str):
     """peftkit's AdaLoRA with the peft model's starting tensors."""
-    ours = peftkit.get_peft_model(without_dropout(tiny_model(kind)), peftkit.AdaLoraConfig(target_modules=ATTENTION_TARGETS[kind],
-                                                                          **SETTINGS))
+    config = peftkit.AdaLoraConfig(target_modules=ATTENTION_TARGETS[kind], **SETTINGS)
+    ours = peftkit.get_peft_model(without_dropout(tiny_model(kind)), config)
     theirs = dict(peft_model.named_parameters())  # the same names as peft's
     with torch.no_grad():
         for name, parameter in ours.named_parameters():

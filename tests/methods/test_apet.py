@@ -34,7 +34,8 @@ def test_budget_is_respected_and_split_between_the_pools(budget):
 def test_element_mask_meets_the_budget_exactly_and_trains_only_those_elements():
     model = peftkit.get_peft_model(tiny_model("bert"), ApetConfig(budget=5000, element_mask=True, seed=1))
     assert model.get_nb_trainable_parameters()[0] == 5000
-    masked = [(n, l) for n, l in model.adapter_layers() if any("@" in p for p in model.peft_config["default"].selection[n])]
+    selection = model.peft_config["default"].selection
+    masked = [(n, layer) for n, layer in model.adapter_layers() if any("@" in p for p in selection[n])]
     assert len(masked) == 1
     name, layer = masked[0]
     before = layer.weight.detach().clone()

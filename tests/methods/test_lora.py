@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peftkit import ConfigError, LoraConfig, get_peft_model
-from peftkit.core.lean_ops import dropped_positions
+from peftkit.core.mechanics.lean_ops import dropped_positions
 from peftkit.methods.lora import DroppedLowRank, LoraEmbedding, LoraLinear
 from tests.conftest import (
     ATTENTION_TARGETS,

@@ -9,7 +9,7 @@ import torch
 import peftkit
 from peftkit.core.errors import ConfigError
 from peftkit.core.task_merging import drop_and_rescale, elected_sign_mask, keep_largest, ties
-from peftkit.methods.lora_arithmetic import COMBINATIONS
+from peftkit.methods.lora.arithmetic import COMBINATIONS
 from tests.conftest import logits, randomize_trainable, tiny_batch, tiny_model
 
 

@@ -6,9 +6,9 @@ from transformers import BertConfig, BertForSequenceClassification
 
 import peftkit
 from peftkit import ConfigError, MeftConfig
-from peftkit.bench.memory import SavedForBackward
 from peftkit.methods.meft import MeftLayer, MeftStep, run_streams
 from peftkit.methods.reversible import coupled, inverted
+from peftkit.utils.memory import SavedForBackward
 from tests.conftest import assert_changed, logits, randomize_trainable, tiny_batch, tiny_model, train_losses
 
 KINDS = ["bert", "llama"]

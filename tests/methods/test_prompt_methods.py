@@ -27,7 +27,8 @@ def cases():
     for kind in TASK:
         for method in METHODS:
             if kind == "bert" and method.startswith("prefix"):
-                continue  # peft 0.21.2's prefix tuning fails on BERT under transformers 5 (it looks for past_key_values)
+                # peft 0.21.2's prefix tuning fails on BERT under transformers 5 (it looks for past_key_values)
+                continue
             yield kind, method
 
 

@@ -3,7 +3,6 @@ training that makes feed-forward activations sparser."""
 
 import pytest
 import torch
-
 from transformers import BertConfig, BertForSequenceClassification
 
 import peftkit

@@ -7,8 +7,13 @@ import torch
 from transformers import BertConfig, BertForMaskedLM
 
 import peftkit
-from peftkit.objectives.self_evolution import (SelfEvolution, ratio_threshold, rectified_labels,
-                                               self_evolution_loss, token_nll)
+from peftkit.objectives.self_evolution import (
+    SelfEvolution,
+    ratio_threshold,
+    rectified_labels,
+    self_evolution_loss,
+    token_nll,
+)
 from tests.conftest import VOCAB, tiny_batch, without_dropout
 
 MASK_ID = 4

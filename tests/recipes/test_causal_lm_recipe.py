@@ -5,8 +5,14 @@ import json
 
 import torch
 
-from peftkit.recipes.causal_lm import LeftPadCollator, completion_loss, generate_text, load_adapter_for_generation, \
-    score_answers, train_causal_lm
+from peftkit.recipes.causal_lm import (
+    LeftPadCollator,
+    completion_loss,
+    generate_text,
+    load_adapter_for_generation,
+    score_answers,
+    train_causal_lm,
+)
 from peftkit.recipes.training import TrainOptions
 from peftkit.tasks.causal_lm import IGNORE, encode, to_example
 from tests.conftest import tiny_model
@@ -71,4 +77,5 @@ def test_cli_trains_a_causal_lm_adapter_and_generates(tmp_path, capsys):
     assert main(["generate", "--adapter", str(out), "--prompt", "review great plot ", "--raw",
                  "--max-new-tokens", "1"]) == 0
     assert capsys.readouterr().out.split() == ["positive"]
-    assert main(["train", "--task", "causal-lm", "--model", str(model_dir), "--train", str(model_dir / "config.json")]) == 2
+    not_data = str(model_dir / "config.json")
+    assert main(["train", "--task", "causal-lm", "--model", str(model_dir), "--train", not_data]) == 2

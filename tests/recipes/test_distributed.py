@@ -170,7 +170,7 @@ def test_fsdp_needs_several_processes_and_plain_training(still_model, data, tmp_
 def test_each_transformer_layer_is_its_own_fsdp_unit():
     from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
-    from peftkit.core.sharding import layer_units
+    from peftkit.core.mechanics.sharding import layer_units
 
     with torch.device("meta"):
         bert = BertForSequenceClassification(BertConfig(num_hidden_layers=2))

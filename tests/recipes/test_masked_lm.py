@@ -73,7 +73,8 @@ def test_cli_recipe_and_vocab_reduce(model_dir, corpus, tmp_path, capsys):
     assert main(["vocab-reduce", "--model", str(model_dir), "--output", str(tmp_path / "x")]) == 2
     assert "needs --corpus FILE or --scripts" in capsys.readouterr().err
     assert main(["train", "--recipe", "mix", "--model", str(model_dir)]) == 2
-    assert "recipe (--recipe) must be one of pet, list, mlm, self-evolution, keyphrase, got 'mix'" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "recipe (--recipe) must be one of pet, list, mlm, self-evolution, keyphrase, got 'mix'" in error
 
 
 def test_the_head_on_masked_positions_only_gives_the_models_own_loss(model_dir):

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from peftkit.tasks.keyphrases import (TfidfBaseline, bio_row, corpus_scores, document_scores, normalise,
-                                      phrases_from_tags, split_present, unique_phrases)
+from peftkit.tasks.keyphrases import (
+    TfidfBaseline,
+    bio_row,
+    corpus_scores,
+    document_scores,
+    normalise,
+    phrases_from_tags,
+    split_present,
+    unique_phrases,
+)
 
 
 def test_three_correct_of_six_gold_with_three_predicted():

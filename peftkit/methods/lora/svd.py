@@ -19,7 +19,7 @@ from transformers.pytorch_utils import Conv1D
 
 from peftkit.core.errors import ConfigError
 from peftkit.core.layer import AdapterLayer
-from peftkit.methods.lora import linear_shape
+from peftkit.methods.lora.layers import linear_shape
 
 RANK_EPSILON = 1e-5  # peft's guard in α / (r + ε)
 

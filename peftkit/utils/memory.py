@@ -53,8 +53,8 @@ def reset_peak_rss() -> bool:
 class SavedForBackward:
     """Bytes of the distinct storages autograd saves for backward while the block runs.
 
-    ``skip`` holds tensors not to count (e.g. the model's parameters, to count activations only); 4-bit
-    NF4 weights, which have no plain storage, are never counted.
+    ``skip`` holds tensors not to count (e.g. the model's parameters, to count activations only); tensor
+    subclasses that wrap others (4-bit NF4 weights), which have no plain storage, are never counted.
 
         with SavedForBackward(skip=model.parameters()) as saved:
             loss = model(**batch).loss
@@ -62,15 +62,17 @@ class SavedForBackward:
     """
 
     def __init__(self, skip=()) -> None:
-        from peftkit.core.quantization import is_nf4
-
-        self._is_nf4 = is_nf4
-        self._skip = {t.untyped_storage().data_ptr() for t in skip if not is_nf4(t)}
+        self._skip = {t.untyped_storage().data_ptr() for t in skip if not self._is_wrapper(t)}
         self._seen: dict[int, int] = {}
         self._hooks = None
 
+    @staticmethod
+    def _is_wrapper(tensor) -> bool:
+        """A tensor subclass that wraps others and has no plain storage of its own (torchao's NF4 weights)."""
+        return hasattr(type(tensor), "__tensor_flatten__")
+
     def _pack(self, tensor):
-        if not self._is_nf4(tensor):
+        if not self._is_wrapper(tensor):
             storage = tensor.untyped_storage()
             if storage.data_ptr() not in self._skip:
                 self._seen[storage.data_ptr()] = storage.nbytes()

@@ -21,7 +21,7 @@ import torch
 
 from peftkit.core.errors import ConfigError
 from peftkit.core.task_merging import merge_tensors
-from peftkit.methods.lora import LoraConfig, LoraEmbedding, LoraLinear, _LoraLayer
+from peftkit.methods.lora.layers import LoraConfig, LoraEmbedding, LoraLinear, _LoraLayer
 
 FACTOR_MERGES = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")
 COMBINATIONS = (*FACTOR_MERGES, "cat", "svd", *(f"{m}_svd" for m in FACTOR_MERGES[1:]))

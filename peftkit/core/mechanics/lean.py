@@ -39,10 +39,11 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from peftkit.core.lean_ops import DroppedAttention, GatedProduct, MaskedDropout, gated_product
+from peftkit.core.mechanics.lean_ops import DroppedAttention, GatedProduct, MaskedDropout, gated_product
 
 LEAN_ATTENTION = "peftkit_lean"
-_ACTIVATION_TYPES = (nn.GELU, *{entry[0] if isinstance(entry, tuple) else entry for entry in activations.ACT2CLS.values()})
+_ACTIVATION_TYPES = (nn.GELU, *{entry[0] if isinstance(entry, tuple) else entry
+                                for entry in activations.ACT2CLS.values()})
 _RECOMPUTE_TAG = "_peftkit_recompute"
 
 
@@ -153,7 +154,8 @@ def _lean_class(plain: type) -> type:
 def lean_attention_forward(module: nn.Module, query, key, value, attention_mask, dropout: float = 0.0,
                            scaling: float | None = None, is_causal: bool | None = None, **kwargs):
     """transformers' attention interface: ``DroppedAttention`` where it applies, else sdpa."""
-    causal_without_mask = attention_mask is None and (is_causal if is_causal is not None else getattr(module, "is_causal", False))
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
+    causal_without_mask = attention_mask is None and causal
     if (
         not module.training or dropout == 0 or causal_without_mask or getattr(module, "num_key_value_groups", 1) > 1
         or any(kwargs.get(option) is not None for option in ("position_bias", "softcap"))

@@ -45,13 +45,12 @@ from transformers.pytorch_utils import Conv1D
 from peftkit.core.config import TargetedConfig, config_dataclass
 from peftkit.core.errors import ConfigError
 from peftkit.core.layer import AdapterLayer
-from peftkit.core.lean import kept_form, rebuilt
-from peftkit.core.lean_ops import dropped_positions
+from peftkit.core.mechanics.lean import kept_form, rebuilt
+from peftkit.core.mechanics.lean_ops import dropped_positions
+from peftkit.core.mechanics.quantization import dequantized
+from peftkit.core.mechanics.sharding import whole
 from peftkit.core.mixed_batch import put, take
-from peftkit.core.quantization import dequantized
-from peftkit.core.registry import Method, register_method
-from peftkit.core.sharding import whole
-from peftkit.methods.lora_mixed import stacked_update
+from peftkit.methods.lora.mixed import stacked_update
 
 # Module names LoRA targets when a config leaves target_modules unset (peft's choices).
 LORA_DEFAULT_TARGETS = {
@@ -388,7 +387,7 @@ class LoraLinear(_LoraLayer):
 
     def apply_mixed(self, mixed, groups: list, x: torch.Tensor, *args, **kwargs) -> torch.Tensor | None:
         """A mixed batch (``core/mixed_batch.py``): the base output once, then every row's own update —
-        in two products over all rows without gradients (``lora_mixed.py``), else group by group. None (run each
+        in two products over all rows without gradients (``mixed.py``), else group by group. None (run each
         group on its own) when another adapter layer is nested inside or a group is DoRA."""
         if isinstance(self.base_layer, AdapterLayer) or any(n in self.lora_magnitude_vector for n, _ in groups):
             return None
@@ -478,12 +477,3 @@ class LoraEmbedding(_LoraLayer):
             else:
                 result = result + update
         return result
-
-
-register_method(
-    Method(
-        name="lora",
-        config_cls=LoraConfig,
-        layers={nn.Linear: LoraLinear, Conv1D: LoraLinear, nn.Embedding: LoraEmbedding},
-    )
-)

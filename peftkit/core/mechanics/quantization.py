@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from peftkit.core.errors import ConfigError
-from peftkit.core.targets import ALL_LINEAR, name_matches, output_heads
+from peftkit.core.module_names import ALL_LINEAR, name_matches, output_heads
 
 BLOCK_SIZE = 64
 MAX_SCALER_BLOCK = 256
