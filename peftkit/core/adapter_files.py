@@ -123,11 +123,11 @@ class AdapterFiles:
     """``PeftModel``'s saving and loading, and the adapter tensors by peft's file keys."""
 
     def _bias_parameters(self, adapter_name: str) -> dict[str, nn.Parameter]:
-        """Base-model biases trained with this adapter (LoRA's ``bias='all' | 'lora_only'``)."""
-        bias = getattr(self.peft_config[adapter_name], "bias", "none")
-        if bias == "none":
+        """Base-model biases trained with this adapter (``PeftConfig.trained_biases``)."""
+        biases = self.peft_config[adapter_name].trained_biases
+        if biases == "none":
             return {}
-        if bias == "lora_only":
+        if biases == "adapted":
             return {
                 f"{module_key(path)}.base_layer.bias": layer.bias
                 for path, layer in self.adapter_layers()
@@ -181,7 +181,7 @@ class AdapterFiles:
             (key if item.role == "prompt" else f"{prefix}{item.name}.{key}"): shape
             for item in the_plan.modules for key, shape in item.shapes.items()
         }
-        bias = getattr(config, "bias", "none")
+        biases = config.trained_biases
         adapted = {item.name for item in the_plan.modules if item.role == "adapt"}
         saved = [item.name + "." for item in the_plan.modules if item.role == "save"]
         base = self.get_base_model()
@@ -195,7 +195,7 @@ class AdapterFiles:
             owner, _, leaf = parameter_key(name).rpartition(".")
             owner = module_key(owner)
             key = prefix + (f"{owner}.base_layer.{leaf}" if owner in adapted else parameter_key(name))
-            if leaf == "bias" and (bias == "all" or (bias == "lora_only" and owner in adapted)):
+            if leaf == "bias" and (biases == "all" or (biases == "adapted" and owner in adapted)):
                 required[key] = tuple(parameter.shape)
             elif any(_base_of(owner_module) is e for e in embeddings if e is not None):
                 optional[key] = tuple(parameter.shape)
@@ -366,7 +366,8 @@ class AdapterFiles:
                         key_mapping: dict[str, str] | None = None) -> None:
         """Put the weights saved in ``model_id`` into the loaded adapter ``adapter_name`` in place: no module is
         created or replaced, so references to the model (and compiled graphs) stay valid. The saved adapter must
-        be the same method with tensors of the same keys and shapes; its scaling (LoRA's alpha) may differ. A
+        be the same method with tensors of the same keys and shapes; settings that change no shape (LoRA's alpha)
+        may differ, and each layer takes them (``AdapterLayer.reconfigure``). A
         mismatch is an error that changes nothing."""
         current = self._require(adapter_name)
         if any(adapter_name in layer.merged_adapters for _, layer in self.adapter_layers()):
@@ -378,8 +379,8 @@ class AdapterFiles:
         tensors, path = read_mapped_weights(model_id, key_mapping)
         self._copy_into(adapter_name, tensors, path)
         for path_name, layer in self.adapter_layers():
-            if hasattr(config, "scaling_for") and adapter_name in getattr(layer, "scaling", {}):
-                layer.scaling[adapter_name] = config.scaling_for(path_name)
+            if layer.has_adapter(adapter_name):
+                layer.reconfigure(adapter_name, config, module_key(path_name))
         config.target_modules, config.inference_mode = current.target_modules, current.inference_mode
         self.peft_config[adapter_name] = config
 

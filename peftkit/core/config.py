@@ -89,6 +89,14 @@ class PeftConfig:
         """Whether the method adds virtual tokens instead of changing modules (peft's property)."""
         return False
 
+    @property
+    def trained_biases(self) -> str:
+        """Which base-model biases train and are saved with the adapter: ``"none"``, ``"all"``, or ``"adapted"``
+        (those of the modules the adapter wraps). Read from peft's ``bias`` field where a method has one
+        (``"lora_only"``, ``"boft_only"`` … mean ``"adapted"``)."""
+        bias = getattr(self, "bias", "none")
+        return "adapted" if bias.endswith("_only") else bias
+
     def __post_init__(self) -> None:
         if isinstance(self.task_type, enum.Enum):  # peft's TaskType members are plain strings in files
             self.task_type = self.task_type.value

@@ -87,6 +87,10 @@ class AdapterLayer(nn.Module):
     def attach(self, model: nn.Module, module_name: str, config: PeftConfig) -> None:
         """Called once the layer sits in ``model``, for methods that need more of it than their module."""
 
+    def reconfigure(self, name: str, config: PeftConfig, module_name: str) -> None:
+        """Take a new config for an existing adapter whose tensors keep their shapes (hot-swapping weights saved
+        with, say, another LoRA alpha); a method whose layer derives nothing else from its config does nothing."""
+
     def delta_weight(self, name: str) -> torch.Tensor:
         """The adapter's update in the layout of ``base_layer.weight`` (mergeable methods)."""
         raise NotImplementedError

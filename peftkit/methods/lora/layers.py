@@ -12,11 +12,9 @@ W (out × in) and bias b:
   ``"pissa"`` (Meng et al., 2024, "PiSSA: Principal Singular Values and Singular Vectors Adaptation"):
   W = U S Vᵀ, B = U_r √(S_r/s), A = √(S_r/s) V_rᵀ, and the base keeps the residual W − s B A
   (``"pissa_niter_k"``: randomized SVD with k subspace iterations).
-* DoRA (Liu et al., 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation"):
-  W' = m ⊙ (W + s B A) / n,  n = ‖W + s B A‖ per output unit, treated as a constant (detached, §4.3),
-  m initialised to n. Hence h = (m/n) ⊙ (W x + s B A x) + b.
-* Embedding (num × dim): A: r × num, B: dim × r, h = E[x] + s · A[:, x]ᵀ Bᵀ, with A = 0, B ~ N(0, 1);
-  DoRA takes n per embedding dimension.
+* DoRA (Liu et al., 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation"): a variant object
+  (``dora.py``) that an adapter made with ``use_dora=True`` carries; it rescales the output units by m / n.
+* Embedding (num × dim): A: r × num, B: dim × r, h = E[x] + s · A[:, x]ᵀ Bᵀ, with A = 0, B ~ N(0, 1).
 
 Conv1D (GPT-2) stores its weight as in × out; the orientation is read from the module type, so
 ``fan_in_fan_out`` is kept only for peft's config format.
@@ -48,8 +46,8 @@ from peftkit.core.layer import AdapterLayer
 from peftkit.core.mechanics.lean import kept_form, rebuilt
 from peftkit.core.mechanics.lean_ops import dropped_positions
 from peftkit.core.mechanics.quantization import dequantized
-from peftkit.core.mechanics.sharding import whole
 from peftkit.core.mixed_batch import put, take
+from peftkit.methods.lora.dora import DoraVariant, variant_for
 from peftkit.methods.lora.mixed import stacked_update
 
 # Module names LoRA targets when a config leaves target_modules unset (peft's choices).
@@ -146,7 +144,7 @@ def _pattern_value(patterns: dict, module_name: str, default):
 
 
 class _LoraLayer(AdapterLayer):
-    """What Linear and Embedding LoRA share: scaling, the weight delta and DoRA's rescaling.
+    """What Linear and Embedding LoRA share: scaling, the weight delta and the adapters' variants (DoRA).
 
     ``transposed`` is True when the base stores its weight as in × out (Conv1D, Embedding);
     ``_product(name)`` returns B A in out × in layout.
@@ -158,7 +156,7 @@ class _LoraLayer(AdapterLayer):
         super().__init__(base_layer)
         self.lora_magnitude_vector = nn.ParameterDict()
         self.scaling: dict[str, float] = {}
-        self._norm_at_merge: dict[str, torch.Tensor] = {}
+        self.variants: dict[str, DoraVariant] = {}
 
     def _product(self, name: str) -> torch.Tensor:
         raise NotImplementedError
@@ -172,38 +170,34 @@ class _LoraLayer(AdapterLayer):
         dtype = weight.dtype if weight.dtype.is_floating_point else torch.float32
         return {"device": weight.device, "dtype": dtype}
 
+    def _start_adapter(self, name: str, config: LoraConfig, module_name: str) -> None:
+        """Scaling and variant, set before the adapter's tensors are initialised."""
+        self.scaling[name] = config.scaling_for(module_name)
+        variant = variant_for(config)
+        if variant is not None:
+            self.variants[name] = variant
+
+    def reconfigure(self, name: str, config: LoraConfig, module_name: str) -> None:
+        """Hot-swapping weights saved with another alpha: the scaling follows the new config."""
+        self.scaling[name] = config.scaling_for(module_name)
+
+    def remove_adapter(self, name: str) -> None:
+        super().remove_adapter(name)
+        self.scaling.pop(name, None)
+        self.variants.pop(name, None)
+
     def delta_weight(self, name: str) -> torch.Tensor:
         return self._out_in(self.scaling[name] * self._product(name))
 
-    def _adapted_norm(self, name: str, weight: torch.Tensor | None = None) -> torch.Tensor:
-        """n = ‖W + s B A‖ per output unit, detached as DoRA prescribes."""
-        weight = dequantized(self.weight if weight is None else weight)
-        with torch.no_grad():
-            adapted = self._out_in(weight).float() + self.scaling[name] * self._product(name).float()
-            return adapted.norm(dim=1).to(weight.dtype)
-
-    def _magnitude_ratio(self, name: str, norm: torch.Tensor) -> torch.Tensor:
-        """m / n shaped to scale the output units of a weight in its stored layout."""
-        ratio = self.lora_magnitude_vector[name] / norm
-        return ratio.view(1, -1) if self.transposed else ratio.view(-1, 1)
-
-    def _init_magnitude(self, name: str) -> None:
-        self.lora_magnitude_vector[name] = nn.Parameter(self._adapted_norm(name, whole(self.weight)))
-
     def merged_weight(self, name: str, weight: torch.Tensor) -> torch.Tensor:
-        if name not in self.lora_magnitude_vector:
-            return super().merged_weight(name, weight)
-        if self.merged_adapters:
-            raise ConfigError(f"DoRA adapter '{name}' cannot be merged on top of {self.merged_adapters}; unmerge first")
-        norm = self._adapted_norm(name, weight)
-        self._norm_at_merge[name] = norm
-        return self._magnitude_ratio(name, norm).float() * (weight + self.delta_weight(name))
+        if name in self.variants:
+            return self.variants[name].merged_weight(self, name, weight)
+        return super().merged_weight(name, weight)
 
     def unmerged_weight(self, name: str, weight: torch.Tensor) -> torch.Tensor:
-        if name not in self.lora_magnitude_vector:
-            return super().unmerged_weight(name, weight)
-        ratio = self._magnitude_ratio(name, self._norm_at_merge.pop(name)).float()
-        return weight / ratio - self.delta_weight(name)
+        if name in self.variants:
+            return self.variants[name].unmerged_weight(self, name, weight)
+        return super().unmerged_weight(name, weight)
 
 
 class DroppedLowRank(torch.autograd.Function):
@@ -300,7 +294,7 @@ class LoraLinear(_LoraLayer):
         in_features, out_features = linear_shape(base_layer)
         shapes = {"lora_A.weight": (r, in_features), "lora_B.weight": (out_features, r)}
         if config.use_dora:
-            shapes["lora_magnitude_vector"] = (out_features,)
+            shapes.update(DoraVariant.shapes(out_features))
         return shapes
 
     def add_adapter(self, name: str, config: LoraConfig, module_name: str) -> None:
@@ -309,7 +303,7 @@ class LoraLinear(_LoraLayer):
         self.lora_A[name] = nn.Linear(self.in_features, r, bias=False, **options)
         self.lora_B[name] = nn.Linear(r, self.out_features, bias=False, **options)
         self.lora_dropout[name] = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
-        self.scaling[name] = config.scaling_for(module_name)
+        self._start_adapter(name, config, module_name)
         init = config.init_lora_weights
         if isinstance(init, str) and init.startswith("pissa"):
             self._init_pissa(name, r, _PISSA.fullmatch(init).group(1))
@@ -319,8 +313,8 @@ class LoraLinear(_LoraLayer):
             else:
                 nn.init.kaiming_uniform_(self.lora_A[name].weight, a=math.sqrt(5))
             nn.init.zeros_(self.lora_B[name].weight)
-        if config.use_dora:
-            self._init_magnitude(name)
+        if name in self.variants:
+            self.variants[name].init(self, name)
 
     @torch.no_grad()
     def _init_pissa(self, name: str, r: int, niter: str | None) -> None:
@@ -353,7 +347,7 @@ class LoraLinear(_LoraLayer):
         name, weight, bias = names[0], self.weight, self.bias
         lora_a = self.lora_A[name].weight
         return (
-            name not in self.lora_magnitude_vector and isinstance(self.lora_dropout[name], nn.Identity)
+            name not in self.variants and isinstance(self.lora_dropout[name], nn.Identity)
             and lora_a.requires_grad and not weight.requires_grad and (bias is None or not bias.requires_grad)
             and x.dtype == weight.dtype == lora_a.dtype
         )
@@ -367,10 +361,8 @@ class LoraLinear(_LoraLayer):
         for name in own:
             lora_A, lora_B, dropout = self.lora_A[name], self.lora_B[name], self.lora_dropout[name]
             lora_x = x.to(lora_A.weight.dtype)
-            if name in self.lora_magnitude_vector:
-                dropped = dropout(lora_x)
-                update = lora_B(lora_A(dropped)).to(result.dtype)
-                result = result + self._dora_extra(name, dropped, result if dropped is lora_x else None, update)
+            if name in self.variants:
+                result = self.variants[name].linear_output(self, name, x, result)
             elif self.training and isinstance(dropout, nn.Dropout):
                 update = DroppedLowRank.apply(lora_x, lora_A.weight, lora_B.weight, self.scaling[name], dropout.p)
                 result = update.to(result.dtype).add_(result)  # reuses the fresh update's buffer
@@ -388,8 +380,8 @@ class LoraLinear(_LoraLayer):
     def apply_mixed(self, mixed, groups: list, x: torch.Tensor, *args, **kwargs) -> torch.Tensor | None:
         """A mixed batch (``core/mixed_batch.py``): the base output once, then every row's own update —
         in two products over all rows without gradients (``mixed.py``), else group by group. None (run each
-        group on its own) when another adapter layer is nested inside or a group is DoRA."""
-        if isinstance(self.base_layer, AdapterLayer) or any(n in self.lora_magnitude_vector for n, _ in groups):
+        group on its own) when another adapter layer is nested inside or a group has a variant (DoRA)."""
+        if isinstance(self.base_layer, AdapterLayer) or any(n in self.variants for n, _ in groups):
             return None
         result = self.base_layer(x, *args, **kwargs)
         if not torch.is_grad_enabled() and result.is_contiguous():
@@ -403,16 +395,6 @@ class LoraLinear(_LoraLayer):
             update = lora_B(lora_A(dropout(take(x, rows).to(lora_A.weight.dtype))))
             put(result, rows, update.mul_(self.scaling[name]).to(result.dtype), add=True)
         return result
-
-    def _dora_extra(self, name: str, x: torch.Tensor, base_out: torch.Tensor | None, update: torch.Tensor):
-        """(m/n − 1) ⊙ W x + (m/n) ⊙ s B A x, added to the base output W x + b."""
-        ratio = (self.lora_magnitude_vector[name] / self._adapted_norm(name)).to(update.dtype)
-        bias = self.bias
-        if base_out is None:  # dropout changed x, so W x must be recomputed on the dropped input
-            base_out = F.linear(x, self._out_in(self.weight))
-        elif bias is not None:
-            base_out = base_out - bias
-        return (ratio - 1) * base_out + ratio * self.scaling[name] * update
 
 
 class LoraEmbedding(_LoraLayer):
@@ -437,7 +419,7 @@ class LoraEmbedding(_LoraLayer):
             "lora_embedding_B": (base_layer.embedding_dim, r),
         }
         if config.use_dora:
-            shapes["lora_magnitude_vector"] = (base_layer.embedding_dim,)
+            shapes.update(DoraVariant.shapes(base_layer.embedding_dim))
         return shapes
 
     def add_adapter(self, name: str, config: LoraConfig, module_name: str) -> None:
@@ -453,9 +435,9 @@ class LoraEmbedding(_LoraLayer):
         nn.init.normal_(b)
         self.lora_embedding_A[name] = nn.Parameter(a)
         self.lora_embedding_B[name] = nn.Parameter(b)
-        self.scaling[name] = config.scaling_for(module_name)
-        if config.use_dora:
-            self._init_magnitude(name)
+        self._start_adapter(name, config, module_name)
+        if name in self.variants:
+            self.variants[name].init(self, name)
 
     def _product(self, name: str) -> torch.Tensor:
         return self.lora_embedding_B[name] @ self.lora_embedding_A[name]
@@ -471,9 +453,8 @@ class LoraEmbedding(_LoraLayer):
             update = (rows @ self.lora_embedding_B[name].T) * self.scaling[name]
             if embed_scale is not None:
                 update = update * embed_scale.to(update.dtype)
-            if name in self.lora_magnitude_vector:
-                ratio = self.lora_magnitude_vector[name] / self._adapted_norm(name)
-                result = ratio * (result + update)
+            if name in self.variants:
+                result = self.variants[name].embedding_output(self, name, result, update)
             else:
                 result = result + update
         return result
