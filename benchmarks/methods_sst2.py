@@ -12,7 +12,7 @@ the median over all runs' steps and peak memory the largest.
 ``lora+deft`` is LoRA with DEFT's density loss (w = 1, ε = 1e-7); its feed-forward activation density
 before and after training is printed too.
 
-Usage: python benchmarks/methods_sst2.py [--methods full,lora,lora+deft,adapter,...] [--epochs 1] [--seeds 42]
+Usage: python benchmarks/methods_sst2.py [--methods full,lora,lora+deft,bottleneck,...] [--epochs 1] [--seeds 42]
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-METHODS = ["full", "lora", "lora+deft", "qlora", "meft", "adapter", "ia3", "bitfit", "ln", "prompt", "ptuning",
-           "prefix", "vl_pet", "adalora", "increlora", "apet"]
+METHODS = ["full", "lora", "lora+deft", "qlora", "meft", "bottleneck", "ia3", "bitfit", "ln_tuning", "prompt_tuning",
+           "p_tuning", "prefix_tuning", "vl_pet", "adalora", "increlora", "apet"]
 DEFT = "+deft"  # a method with DEFT's density loss (w = 1) added
 RESULTS = Path(__file__).parent / "results" / "methods_sst2.json"
 

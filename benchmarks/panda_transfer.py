@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    common = {"method": "prompt", "max_length": args.max_length}
+    common = {"method": "prompt_tuning", "max_length": args.max_length}
     target_train, target_dev = DATA / "sst5" / "train.jsonl", DATA / "sst5" / "dev.jsonl"
     probe = texts(DATA / "sst2" / "train.jsonl", 200) + texts(target_train, 200)
     rows, started = [], time.perf_counter()

@@ -29,7 +29,7 @@ DATA = Path(os.environ.get("PEFTKIT_DATA", Path(__file__).resolve().parents[1].p
 SOURCES = {"sst2": ("sst2/train.jsonl", "sst2/dev.jsonl"), "subj": ("subj/all.jsonl", None),
            "mpqa": ("mpqa/all.jsonl", None), "trec": ("trec/train.jsonl", None), "rte": ("rte/train.jsonl", None)}
 TARGET = "cb/train.jsonl"
-METHODS = ["adapter", "fuse", "scalearn", "scalearn_uniform", "scalearn++", "scalearn_uniform++"]
+METHODS = ["bottleneck", "fuse", "scalearn", "scalearn_uniform", "scalearn++", "scalearn_uniform++"]
 RESULTS = Path(__file__).parent / "results" / "scalearn_transfer.json"
 
 
@@ -69,9 +69,9 @@ def main() -> None:
         for seed in map(int, args.seeds.split(",")):
             options = TrainOptions(train=str(DATA / TARGET), eval_fraction=0.2, epochs=args.epochs, batch_size=16,
                                    seed=seed)
-            if method == "adapter":
+            if method == "bottleneck":
                 with tempfile.TemporaryDirectory() as output:
-                    result = train_classifier(TrainOptions(**{**options.__dict__, "method": "adapter",
+                    result = train_classifier(TrainOptions(**{**options.__dict__, "method": "bottleneck",
                                                               "output": output}))
                 head = (AutoConfig.from_pretrained(result.model_dir).hidden_size + 1) * len(result.labels)
                 scores.append(result.accuracy)

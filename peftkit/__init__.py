@@ -63,7 +63,7 @@ _EXPORTS = {
     "plan": "peftkit.core.targets",
     "PrefixTuningConfig": "peftkit.methods.prefix_tuning",
     "prepare_model_for_kbit_training": "peftkit.core.peft_helpers",
-    "PromptEncoderConfig": "peftkit.methods.prompt_tuning",
+    "PromptEncoderConfig": "peftkit.methods.p_tuning",
     "PromptTuningConfig": "peftkit.methods.prompt_tuning",
     "PromptTuningInit": "peft",
     "quantize_nf4": "peftkit.core.mechanics.quantization",

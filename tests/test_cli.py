@@ -97,9 +97,8 @@ def test_the_installed_command_exits_2_without_a_traceback(tmp_path):
     assert "Traceback" not in result.stderr and "none.jsonl: data file not found" in result.stderr
 
 
-@pytest.mark.parametrize("method", ["lora", "adapter", "ia3", "bitfit", "ln", "prompt", "ptuning", "prefix", "vl_pet",
-                                    "apet",
-                                    "adalora", "increlora"])
+@pytest.mark.parametrize("method", ["lora", "bottleneck", "ia3", "bitfit", "ln_tuning", "prompt_tuning",
+                                    "p_tuning", "prefix_tuning", "vl_pet", "apet", "adalora", "increlora"])
 def test_plan_and_train_every_method(method, model_dir, data, tmp_path, capsys):
     assert main(["plan", "--model", str(model_dir), "--method", method]) == 0
     summary = capsys.readouterr().out.strip().splitlines()[-1]
@@ -140,13 +139,14 @@ def test_a_negative_density_loss_weight_is_a_one_line_error(model_dir, data, tmp
 
 
 def test_prompt_transfer_with_a_teacher_from_the_command_line(model_dir, data, tmp_path, capsys):
-    common = ["--model", str(model_dir), "--train", str(data / "train.csv"), "--epochs", "1", "--method", "prompt"]
+    common = ["--model", str(model_dir), "--train", str(data / "train.csv"), "--epochs", "1",
+              "--method", "prompt_tuning"]
     assert main(["train", *common, "--output", str(tmp_path / "source")]) == 0
     assert main(["train", *common, "--output", str(tmp_path / "student"), "--init-prompt", str(tmp_path / "source"),
                  "--teacher", str(tmp_path / "source"), "--distill-weight", "0.5"]) == 0
-    assert "peftkit train: prompt on" in capsys.readouterr().out
+    assert "peftkit train: prompt_tuning on" in capsys.readouterr().out
     (data / "three.csv").write_text("review,sentiment\n" + "".join(f"the film {i},{'abc'[i % 3]}\n" for i in range(30)))
-    code = main(["train", "--model", str(model_dir), "--train", str(data / "three.csv"), "--method", "prompt",
+    code = main(["train", "--model", str(model_dir), "--train", str(data / "three.csv"), "--method", "prompt_tuning",
                  "--teacher", str(tmp_path / "source"), "--output", str(tmp_path / "bad")])
     assert code == 2
     assert "teacher" in capsys.readouterr().err and not (tmp_path / "bad").exists()

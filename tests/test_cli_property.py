@@ -23,7 +23,7 @@ FLAG_VALUES = {
     "--max-steps": ["1", "2", "0", "-1", "1.5"],
     "--batch-size": ["4", "0", "999", "-3"],
     "--max-length": ["8", "16", "600", "0", "2", "1"],
-    "--method": ["lora", "ia3", "bitfit", "prompt", "adapter", "bogus", "full"],
+    "--method": ["lora", "ia3", "bitfit", "prompt_tuning", "adapter", "bogus", "full"],
     "--seed": ["0", "-1", "7"],
     "-o": ["r=2", "r=0", "target_modules=(x", "rank_pattern=5", "lora_dropout=0.5", "num_virtual_tokens=2"],
     "--save-steps": ["1", "0"],

@@ -7,12 +7,13 @@ options. The YAML file maps a method name to its options, or to a list of option
       - {r: 4}
       - {r: 8}
       - {r: 16}
-    adapter: {reduction_factor: 32}
+    bottleneck: {reduction_factor: 32}
     dora: {r: 4}          # a variant: LoRA with use_dora
 
 Full fine-tuning is always the first row, the reference the others are compared with. Every row is checked
 before the first one runs (``runner.check_bench``): a name that is no method, or options a method refuses,
-stop the bench with a one-line error naming the row.
+stop the bench with a one-line error naming the row. A method's earlier name (``adapter``) stands for its name
+(``bottleneck``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from peftkit.core.errors import ConfigError
-from peftkit.core.registry import method_variants, quantized_forms, registered_methods
+from peftkit.core.registry import canonical_name, method_variants, quantized_forms, registered_methods
 from peftkit.core.yaml_files import read_yaml_mapping
 from peftkit.recipes.training import FULL_FINE_TUNING
 
@@ -53,7 +54,7 @@ def read_method_options(path: str | Path) -> dict[str, list[dict]]:
         options = [{}] if options is None else options if isinstance(options, list) else [options]
         if not all(isinstance(option_set, dict) for option_set in options):
             raise ConfigError(f"{path}: the options of '{method}' must be a mapping or a list of mappings")
-        sets[str(method)] = options
+        sets[canonical_name(str(method))] = options
     return sets
 
 
@@ -66,7 +67,7 @@ def _label(method: str, options: dict, several: bool) -> str:
 def bench_rows(methods: list[str] | None = None, options_file: str | Path | None = None) -> list[BenchRow]:
     """Full fine-tuning, then each method (default: every one) with each of its option sets."""
     option_sets = read_method_options(options_file) if options_file else {}
-    names = list(dict.fromkeys(methods or default_methods()))
+    names = list(dict.fromkeys(canonical_name(name) for name in methods or default_methods()))
     if FULL_FINE_TUNING in names:
         names.remove(FULL_FINE_TUNING)
     unused = [name for name in option_sets if name not in names]

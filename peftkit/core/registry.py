@@ -5,6 +5,10 @@ class. Target matching, the dry-run plan, ``PeftModel``, save/load and merge wor
 registration also carries the method's facts that the command line, the bench and the docs read: its one-line
 description, the learning rate and settings ``peftkit train`` uses unless told otherwise, its variants benched
 as rows of their own (DoRA for LoRA) and its forms on a quantised base model (QLoRA).
+
+One name per method everywhere: a method's name is its ``peft_type`` in lower case, which is also the name of its
+module in ``peftkit/methods`` (``bottleneck`` → ``methods/bottleneck.py`` → ``BottleneckConfig``, peft type
+``BOTTLENECK``). Earlier names a method went by (``adapter``) are kept as aliases that the command line accepts.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class Method:
     layers_note: str = ""  # what else a module needs, for error messages (e.g. " with a bias")
     prompt_cls: type | None = None  # prompt-learning methods: a PromptAdapter class instead of layers
     peft_reads: bool = True  # Hugging Face peft has this method and reads its checkpoints
+    aliases: tuple[str, ...] = ()  # earlier names, still accepted (``--method adapter``), never listed
     # Adapter arithmetic (peft's add_weighted_adapter): (model, adapters, weights, new name, **options) -> None
     combine_adapters: Callable[..., None] | None = None
     description: str = ""  # one line, for `peftkit train --help` and the docs' method table
@@ -69,8 +74,16 @@ def registered_methods() -> dict[str, Method]:
     return dict(_METHODS)
 
 
+def canonical_name(name: str) -> str:
+    """The method's name for one of its earlier names ("adapter" → "bottleneck"); any other name as given."""
+    for method in _METHODS.values():
+        if name.lower() in method.aliases:
+            return method.name
+    return name
+
+
 def method_by_name(name: str) -> Method:
-    key = name.lower()
+    key = canonical_name(name).lower()
     if key not in _METHODS:
         raise ConfigError(f"unknown method '{name}'; peftkit has: {', '.join(sorted(_METHODS))}")
     return _METHODS[key]

@@ -11,6 +11,7 @@ from peftkit.methods import (  # noqa: F401  (each registers its method)
     ln_tuning,
     lora,
     meft,
+    p_tuning,
     prefix_tuning,
     prompt_tuning,
     vl_pet,

@@ -240,6 +240,7 @@ class BottleneckLayer(ReadsBlockInput):
         return base_output, torch.stack([self._change(name, x, base_output) for name in names])
 
 
-register_method(Method(name="adapter", config_cls=BottleneckConfig, layers={nn.Module: BottleneckLayer},
+register_method(Method(name="bottleneck", aliases=("adapter",), config_cls=BottleneckConfig,
+                       layers={nn.Module: BottleneckLayer},
                        layers_note=" holding a Linear or Conv1D", peft_reads=False, learning_rate=2e-3,
                        description="bottleneck adapters: a small down-project / up-project block after a layer"))

@@ -103,6 +103,6 @@ class LiteAdapterLinear(AdapterLayer):
         return result
 
 
-register_method(Method(name="lite", config_cls=LiteAdapterConfig,
+register_method(Method(name="lite_adapter", aliases=("lite",), config_cls=LiteAdapterConfig,
                        layers={nn.Linear: LiteAdapterLinear, Conv1D: LiteAdapterLinear}, peft_reads=False,
                        description="LiST's lite adapters: a tiny bottleneck beside each linear layer"))

@@ -48,6 +48,7 @@ class NormCopies(ModuleCopies):
         return is_norm(module)
 
 
-register_method(Method(name="ln", config_cls=LNTuningConfig, layers={nn.Module: NormCopies},
+register_method(Method(name="ln_tuning", aliases=("ln",), config_cls=LNTuningConfig,
+                       layers={nn.Module: NormCopies},
                        layers_note=" that normalise: LayerNorm, RMSNorm, ...Norm", learning_rate=2e-3,
                        description="LN tuning: only the normalisation layers train"))

@@ -96,6 +96,7 @@ class Prefix(PromptAdapter):
         return kwargs
 
 
-register_method(Method(name="prefix", config_cls=PrefixTuningConfig, layers={}, prompt_cls=Prefix,
+register_method(Method(name="prefix_tuning", aliases=("prefix",), config_cls=PrefixTuningConfig, layers={},
+                       prompt_cls=Prefix,
                        learning_rate=1e-2, unchanged_at_start=False,
                        description="prefix tuning: trained keys and values before every layer's attention"))

@@ -28,7 +28,7 @@ from peftkit.core.errors import CheckpointError, ConfigError
 from peftkit.core.mechanics.quantization import quantize_nf4
 from peftkit.core.mechanics.sharding import process_count, shard_loaded
 from peftkit.core.peft_model import PeftModel, get_peft_model
-from peftkit.core.registry import default_learning_rate, method_form
+from peftkit.core.registry import canonical_name, default_learning_rate, method_form
 from peftkit.recipes.checkpoints import TrainingCheckpoints, last_checkpoint
 from peftkit.recipes.option_rules import check_options
 from peftkit.recipes.output_paths import CHECKPOINTS, check_output
@@ -77,6 +77,7 @@ class TrainOptions:
 
     def __post_init__(self) -> None:
         check_options(dataclasses.asdict(self))
+        self.method = canonical_name(self.method)
 
 
 @dataclass

@@ -45,7 +45,7 @@ HEAD_NAMES = ("classifier", "score")
 
 def train_source(options: TrainOptions, folder: Path) -> float:
     """Stage 1: a bottleneck adapter on one source task, saved (adapter only) to ``folder``; its accuracy."""
-    result = train_classifier(replace(options, method="adapter", output=str(folder / "with_head")))
+    result = train_classifier(replace(options, method="bottleneck", output=str(folder / "with_head")))
     source_only(folder / "with_head", folder)
     return result.accuracy
 

@@ -79,12 +79,12 @@ def test_bench_rows_reasons_peft_twins_and_files(model_dir, data, tmp_path, caps
     options = tmp_path / "methods.yaml"
     options.write_text("lora:\n  - {r: 2}\n  - {r: 4}\n")
     output = tmp_path / "bench"
-    assert main(bench_args(model_dir, data, output, "--methods", "lora,prefix", "--options", str(options),
+    assert main(bench_args(model_dir, data, output, "--methods", "lora,prefix_tuning", "--options", str(options),
                            "--vs-peft")) == 0
     rows = summaries(output)
     assert list(rows) == [("full", "peftkit"), ("lora r=2", "peftkit"), ("lora r=2", "peft"),
                           ("lora r=4", "peftkit"), ("lora r=4", "peft"),
-                          ("prefix", "peftkit"), ("prefix", "peft")]
+                          ("prefix_tuning", "peftkit"), ("prefix_tuning", "peft")]
     full, lora, lora_peft = rows["full", "peftkit"], rows["lora r=2", "peftkit"], rows["lora r=2", "peft"]
     assert full["trainable"] == full["total"] and full["trainable_percent"] == 100
     assert (lora["trainable"], lora["total"]) == expected_lora_parameters(model_dir, 2)
@@ -96,7 +96,7 @@ def test_bench_rows_reasons_peft_twins_and_files(model_dir, data, tmp_path, caps
     assert lora["latency_merged_ms"] > 0 and full["latency_merged_ms"] is None
     assert lora["vs_full"]["step_seconds"] == pytest.approx(lora["step_seconds"] / full["step_seconds"])
     assert lora["vs_peft"]["peak_mib"] == pytest.approx(lora["peak_mib"] / lora_peft["peak_mib"])
-    assert "no weight to merge" in rows["prefix", "peftkit"]["merge_note"]
+    assert "no weight to merge" in rows["prefix_tuning", "peftkit"]["merge_note"]
     table = (output / "bench.md").read_text()
     assert table.count("\n| ") == 1 + len(rows)
     for plot in ("score_vs_parameters.png", "score_vs_memory.png"):

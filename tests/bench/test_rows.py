@@ -10,11 +10,11 @@ from peftkit.core.errors import ConfigError
 
 def test_option_sets_become_rows_after_full_fine_tuning(tmp_path):
     options = tmp_path / "methods.yaml"
-    options.write_text("lora:\n  - {r: 4}\n  - {r: 8}\n  - {r: 16}\nadapter: {reduction_factor: 32}\n")
-    rows = bench_rows(["lora", "adapter", "ia3"], options)
+    options.write_text("lora:\n  - {r: 4}\n  - {r: 8}\n  - {r: 16}\nbottleneck: {reduction_factor: 32}\n")
+    rows = bench_rows(["lora", "bottleneck", "ia3"], options)
     assert rows == [BenchRow("full", "full"), BenchRow("lora r=4", "lora", {"r": 4}),
                     BenchRow("lora r=8", "lora", {"r": 8}), BenchRow("lora r=16", "lora", {"r": 16}),
-                    BenchRow("adapter", "adapter", {"reduction_factor": 32}), BenchRow("ia3", "ia3")]
+                    BenchRow("bottleneck", "bottleneck", {"reduction_factor": 32}), BenchRow("ia3", "ia3")]
     assert rows[1].slug == "lora_r_4"
 
 
@@ -22,7 +22,8 @@ def test_variants_and_defaults():
     assert bench_rows(["dora"])[1] == BenchRow("dora", "lora", {"use_dora": True})
     names = default_methods()
     assert names[0] == "full"
-    assert {"lora", "qlora", "dora", "meft", "adapter", "prefix", "prompt", "ia3", "bitfit"} <= set(names)
+    benched = {"lora", "qlora", "dora", "meft", "bottleneck", "prefix_tuning", "prompt_tuning", "ia3", "bitfit"}
+    assert benched <= set(names)
     assert [row.label for row in bench_rows()] == names
 
 

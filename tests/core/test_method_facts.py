@@ -14,13 +14,15 @@ import pytest
 from peftkit.bench.rows import bench_rows, default_methods
 from peftkit.core.errors import ConfigError
 from peftkit.core.registry import (
+    canonical_name,
     default_learning_rate,
+    method_by_name,
     method_form,
     method_variants,
     quantized_forms,
     registered_methods,
 )
-from peftkit.recipes.training import base_quantization, learning_rate_for, method_config
+from peftkit.recipes.training import TrainOptions, base_quantization, learning_rate_for, method_config
 
 ROOT = Path(__file__).parents[2]
 
@@ -29,6 +31,25 @@ def test_every_method_carries_a_description_and_a_learning_rate():
     for name, method in registered_methods().items():
         assert method.description and "\n" not in method.description, name
         assert 0 < method.learning_rate < 1, name
+
+
+def test_one_name_per_method_in_the_command_line_its_module_and_its_peft_type():
+    for name, method in registered_methods().items():
+        assert name == method.config_cls.peft_type.lower(), name
+        module = method.config_cls.__module__
+        assert module in (f"peftkit.methods.{name}", f"peftkit.methods.{name}.layers"), (name, module)
+        assert not set(method.aliases) & set(registered_methods()), name
+
+
+def test_earlier_names_stand_for_the_method_and_are_listed_nowhere():
+    assert canonical_name("adapter") == "bottleneck" and method_by_name("ptuning").name == "p_tuning"
+    assert canonical_name("qlora") == "qlora" and canonical_name("bogus") == "bogus"
+    assert TrainOptions(method="prompt").method == "prompt_tuning"
+    assert [row.method for row in bench_rows(["adapter", "ln"])] == ["full", "bottleneck", "ln_tuning"]
+    aliases = {alias for method in registered_methods().values() for alias in method.aliases}
+    assert aliases == {"adapter", "lite", "ln", "prefix", "prompt", "ptuning"}
+    table = (ROOT / "docs" / "methods.md").read_text()
+    assert not any(f"`{alias}`" in table for alias in aliases)
 
 
 def test_learning_rates_come_from_the_registration():

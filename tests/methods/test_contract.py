@@ -186,7 +186,7 @@ def test_lean_training_equals_plain_training(method, kind):
 
 # peft 0.21.2's own prefix tuning fails on these models under transformers 5 (BERT has no past_key_values; T5's
 # attention mask is not widened for the prefix): peftkit's works there, and peft's failure is checked below.
-PEFT_FAILS = {("prefix", "bert"), ("prefix", "t5")}
+PEFT_FAILS = {("prefix_tuning", "bert"), ("prefix_tuning", "t5")}
 PEFT_PAIRS = [pair for pair in PAIRS if spec_of(pair[0]).peft_reads and pair not in PEFT_FAILS]
 # Fields peft's configs must hold to load (AdaLoRA's schedule length), given where a config leaves them unset
 PEFT_REQUIRED = {"total_step": 10}

@@ -45,9 +45,10 @@ LAUNCHERS = {"torchrun": ["-m", "torch.distributed.run", "--nproc_per_node", "2"
                             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                             "--main_process_port"]}
 # (method, its options, the two processes' extra flags, launcher)
-RUNS = [(method, [], [], "torchrun") for method in ("lora", "prompt", "adapter", "qlora", "meft")] + [
+RUNS = [(method, [], [], "torchrun") for method in ("lora", "prompt_tuning", "bottleneck", "qlora", "meft")] + [
     ("lora", [], ["--gradient-checkpointing"], "torchrun")] + [
-    (method, [], ["--fsdp"], "torchrun") for method in ("lora", "prompt", "adapter", "bitfit", "meft", "full")] + [
+    (method, [], ["--fsdp"], "torchrun")
+    for method in ("lora", "prompt_tuning", "bottleneck", "bitfit", "meft", "full")] + [
     ("lora", ["-o", "use_dora=true"], ["--fsdp"], "torchrun"), ("lora", ["-o", "bias=all"], ["--fsdp"], "torchrun"),
     ("lora", [], ["--fsdp", "--gradient-checkpointing"], "torchrun"),
     ("lora", [], [], "accelerate"), ("lora", [], ["--fsdp"], "accelerate")]
