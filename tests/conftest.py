@@ -29,6 +29,14 @@ from peftkit.core import registry
 logging.set_verbosity_error()
 peftkit.load_builtins()
 
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # the cores shared among the test processes (make test: -n auto)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
+
+def pytest_collection_modifyitems(items):
+    """The slow real-model tests first, so that with several test processes the longest do not start last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
 
 @pytest.fixture(autouse=True)
 def isolated_registry():

@@ -122,6 +122,7 @@ def test_nan_loss_stops_with_the_step_and_the_last_good_checkpoint(model_dir, da
 def test_ctrl_c_names_the_last_checkpoint_to_resume_from(model_dir, data, tmp_path):
     output = tmp_path / "interrupted"
     interrupt_at_step_6 = textwrap.dedent("""
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, whatever the test runner's
         step_end = training.ProgressBar.on_step_end
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step == 6:
