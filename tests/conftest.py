@@ -14,10 +14,14 @@ from transformers import (
     BertConfig,
     BertForSequenceClassification,
     BertTokenizerFast,
+    DeepseekV3Config,
+    DeepseekV3ForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
+    NemotronConfig,
+    NemotronForCausalLM,
     PreTrainedTokenizerFast,
     logging,
 )
@@ -68,6 +72,20 @@ def tiny_model(kind: str) -> torch.nn.Module:
                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                              bos_token_id=0, eos_token_id=0, pad_token_id=0)
         model = LlamaForCausalLM(config)
+    elif kind in ("deepseek", "deepseek_dense"):  # multi-head latent attention, squared-ReLU MLPs (the PLM family)
+        config = DeepseekV3Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                                  n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1,
+                                  first_k_dense_replace=1 if kind == "deepseek" else 2, q_lora_rank=16,
+                                  kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8, n_group=1,
+                                  topk_group=1, hidden_act="relu2", max_position_embeddings=64, bos_token_id=0,
+                                  eos_token_id=0, pad_token_id=0)
+        model = DeepseekV3ForCausalLM(config)
+    elif kind == "nemotron":  # squared-ReLU MLP without a gate
+        config = NemotronConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                bos_token_id=0, eos_token_id=0, pad_token_id=0)
+        model = NemotronForCausalLM(config)
     else:
         raise ValueError(kind)
     return model.eval()

@@ -42,6 +42,7 @@ from peftkit.core.mechanics.sharding import whole
 from peftkit.core.modules_to_save import ModulesToSave
 from peftkit.core.prompt import SAVED_KEY
 from peftkit.core.registry import method_by_peft_type
+from peftkit.core.shared import SHARED_KEY_PREFIX
 from peftkit.core.targets import Plan, inside_adapter_container, plan
 from peftkit.core.targets import base_of as _base_of
 
@@ -160,11 +161,18 @@ class AdapterFiles:
                     tensors[f"{prefix}{module_key(path)}.{key}"] = tensor
         for key, tensor in self._bias_parameters(adapter_name).items():
             tensors[prefix + key] = tensor
+        if adapter_name in self.shared_tensors:
+            for key, tensor in self.shared_tensors[adapter_name].state_dict(keep_vars=True).items():
+                tensors[SHARED_KEY_PREFIX + key] = tensor
         return tensors
 
     def _trainable_tensors(self, adapter_name: str) -> list[torch.Tensor]:
         """The leaf parameters that train with the adapter (a prompt encoder's, not its output)."""
-        tensors = [t for key, t in self._adapter_tensors(adapter_name).items() if key != SAVED_KEY]
+        frozen = {id(t) for _, layer in self.adapter_layers() for t in layer.frozen_tensors(adapter_name)}
+        if adapter_name in self.shared_tensors:
+            frozen.update(id(t) for t in self.shared_tensors[adapter_name].buffers())
+        tensors = [t for key, t in self._adapter_tensors(adapter_name).items()
+                   if key != SAVED_KEY and id(t) not in frozen]
         if adapter_name in self.prompt_encoder:
             tensors += list(self.prompt_encoder[adapter_name].parameters())
         return tensors
@@ -181,6 +189,7 @@ class AdapterFiles:
             (key if item.role == "prompt" else f"{prefix}{item.name}.{key}"): shape
             for item in the_plan.modules for key, shape in item.shapes.items()
         }
+        required.update({SHARED_KEY_PREFIX + key: shape for key, shape in the_plan.shared_shapes.items()})
         biases = config.trained_biases
         adapted = {item.name for item in the_plan.modules if item.role == "adapt"}
         saved = [item.name + "." for item in the_plan.modules if item.role == "save"]
@@ -224,7 +233,7 @@ class AdapterFiles:
                               "a PiSSA / OLoRA adapter into a plain LoRA one when saving")
         reject_extra_arguments("save_pretrained", kwargs)
         for name in selected_adapters or list(self.peft_config):
-            config = self._require(name).to_dict()
+            config = self._require(name).to_file_dict()
             config["inference_mode"] = True
             tensors = self._tensors_to_save(name, state_dict, save_embedding_layers)
             tensors = {key: whole(tensor) for key, tensor in tensors.items()}

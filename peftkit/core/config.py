@@ -133,9 +133,14 @@ class PeftConfig:
                   if not (k in self.omit_at_default and v == defaults[k])}
         return {"peft_type": self.peft_type, **values}
 
+    def to_file_dict(self) -> dict[str, Any]:
+        """What ``adapter_config.json`` holds: the fields, and the peft version whose format the file follows (peft
+        reads it to tell files made before a format change, e.g. OFT's in 0.18)."""
+        return {**self.to_dict(), "peft_version": peft_version}
+
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write ``adapter_config.json`` into ``save_directory`` (peft's method)."""
-        write_json(Path(save_directory) / CONFIG_NAME, self.to_dict())
+        write_json(Path(save_directory) / CONFIG_NAME, self.to_file_dict())
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None,
@@ -226,6 +231,9 @@ class TargetedConfig(PeftConfig):
 
     # model_type -> target_modules used when a config leaves them unset
     default_targets: ClassVar[dict[str, list[str]]] = {}
+    # Modules adapted with the targets because they share a target's weight (a tied output layer), set on the copy
+    # ``resolved`` returns by a method that follows ties; never saved (peft finds them the same way when it loads)
+    also_adapted: ClassVar[tuple[str, ...]] = ()
 
     def default_target_modules(self, model_type: str | None) -> list[str] | str | None:
         """What ``target_modules`` means when unset, for this model type (None: no default)."""

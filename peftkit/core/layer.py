@@ -45,7 +45,12 @@ def base_of(module: nn.Module) -> nn.Module:
 
 class AdapterLayer(nn.Module):
     adapter_attributes: ClassVar[tuple[str, ...]] = ()
+    # Of ``adapter_attributes``, those whose tensors are saved with the adapter but never train (peft's persistent
+    # buffers, e.g. a statistic of the base weight taken when the adapter was made)
+    frozen_attributes: ClassVar[tuple[str, ...]] = ()
     mergeable: ClassVar[bool] = True
+    # Merging may write a weight other modules share: the method adapts them all alike (trainable tokens' tied rows)
+    merges_tied_weight: ClassVar[bool] = False
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()
@@ -56,6 +61,7 @@ class AdapterLayer(nn.Module):
         self.composition = None  # a core.composition block set by PeftModel, or None
         self.rows = slice(None)  # the batch rows a composition is computing (BatchSplit, Parallel)
         self.fusion = nn.ModuleDict()  # AdapterFusion layers, by Fuse.key
+        self.shared: dict[str, nn.Module] = {}  # each adapter's model-level tensors (core.shared), where it has them
 
     # ---- what each method provides -------------------------------------------------------------
     @classmethod
@@ -71,6 +77,11 @@ class AdapterLayer(nn.Module):
         to check a checkpoint before the model is touched.
         """
         raise NotImplementedError
+
+    @classmethod
+    def planned_trainable(cls, base_layer: nn.Module, config: PeftConfig, module_name: str) -> int | None:
+        """How many parameters the adapter trains here, where that is not the size of its saved tensors (None)."""
+        return None
 
     def add_adapter(self, name: str, config: PeftConfig, module_name: str) -> None:
         raise NotImplementedError
@@ -170,6 +181,10 @@ class AdapterLayer(nn.Module):
                 tensors.update({f"{attr}.{key}": p for key, p in item.named_parameters()})
         return tensors
 
+    def frozen_tensors(self, name: str) -> list[torch.Tensor]:
+        """The adapter's saved tensors that do not train (``frozen_attributes``)."""
+        return [getattr(self, attr)[name] for attr in self.frozen_attributes if name in getattr(self, attr)]
+
     def saved_state_dict(self, name: str) -> dict[str, torch.Tensor]:
         """What a checkpoint holds of the adapter: its live tensors, unless a method saves a reduced form."""
         return self.adapter_state_dict(name)
@@ -181,6 +196,7 @@ class AdapterLayer(nn.Module):
             container = getattr(self, attr)
             if name in container:
                 del container[name]
+        self.shared.pop(name, None)
         self.active_adapters = [n for n in self.active_adapters if n != name]
 
     def check_mergeable(self) -> None:

@@ -36,7 +36,7 @@ from peftkit.core.modules_to_save import ModuleCopies
 from peftkit.core.peft_surface import PeftModelSurface, RecognisedAsPeft
 from peftkit.core.prompt import PromptAdapter
 from peftkit.core.registry import method_for_config
-from peftkit.core.targets import ALL, ALL_LINEAR, TASK_HEAD_NAMES, Plan, plan
+from peftkit.core.targets import ALL, ALL_LINEAR, TASK_HEAD_NAMES, Plan, adapted_bases, plan
 from peftkit.core.tuner import TunerModel
 
 _TASK_MODEL_NAMES = {"CAUSAL_LM": MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
@@ -102,6 +102,7 @@ class PeftModel(AdapterFiles, PeftModelSurface, RecognisedAsPeft):
         self.peft_config: dict[str, PeftConfig] = {}
         self.base_model = model
         self.prompt_encoder = nn.ModuleDict()  # prompt-learning adapters, by adapter name
+        self.shared_tensors = nn.ModuleDict()  # adapters' model-level tensors (core.shared), by adapter name
         self.active_adapter: str | None = None  # the one active adapter, None while a composition is active
         self.active_composition: Composition | None = None
         self.trained_in_composition: list[str] | None = None
@@ -149,16 +150,47 @@ class PeftModel(AdapterFiles, PeftModelSurface, RecognisedAsPeft):
     def forward(self, *args, adapter_names: list[str] | None = None, **kwargs):
         """The base model's forward through the active adapter(s); with ``adapter_names`` (one per row of
         the batch, ``"__base__"`` for none) each row goes through its own adapter (``core/mixed_batch.py``)."""
+        task_ids = self._task_ids(kwargs)
         if adapter_names is not None:
-            with self._mixed_batch(adapter_names, self._keywords(args, kwargs)):
+            with self._mixed_batch(adapter_names, self._keywords(args, kwargs)), self._layer_task_ids(task_ids):
                 return self.base_model(*args, **kwargs)
         prompt = self._active_prompt()
         if isinstance(self.active_composition, Parallel) and not self.prompts_disabled:
             kwargs = repeat_batch(self._keywords(args, kwargs), len(self.active_composition.names))
             args = ()
-        if prompt is None:
-            return self.base_model(*args, **kwargs)
-        return self.base_model(**prompt.prepare(self.get_base_model(), self._keywords(args, kwargs)))
+        with self._layer_task_ids(task_ids):
+            if prompt is None:
+                return self.base_model(*args, **kwargs)
+            inputs = self._keywords(args, kwargs)
+            if task_ids is not None and prompt.takes_task_ids:
+                inputs["task_ids"] = task_ids
+            return prompt.run(self.base_model, self.get_base_model(), inputs)
+
+    def _task_layers(self) -> list[AdapterLayer]:
+        return [layer for _, layer in self.adapter_layers() if getattr(layer, "takes_task_ids", False)]
+
+    def _task_ids(self, kwargs: dict) -> torch.Tensor | None:
+        """Pop peft's ``task_ids`` from ``kwargs``: each row's task, for an adapter that takes them (multitask prompt
+        tuning's prompt, Poly's layers)."""
+        task_ids = kwargs.pop("task_ids", None)
+        if task_ids is not None:
+            prompt = self._active_prompt()
+            if not (prompt is not None and prompt.takes_task_ids) and not self._task_layers():
+                raise ConfigError("task_ids pick each row's task of a multitask adapter; the active adapter takes "
+                                  "none")
+        return task_ids
+
+    @contextlib.contextmanager
+    def _layer_task_ids(self, task_ids: torch.Tensor | None):
+        """The layers that take ``task_ids`` read them from their ``task_ids`` attribute while the model runs."""
+        layers = self._task_layers() if task_ids is not None else []
+        for layer in layers:
+            layer.task_ids = task_ids
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.task_ids = None
 
     def generate(self, *args, adapter_names: list[str] | None = None, **kwargs):
         """The base model's ``generate``, with the active prompt adapter's virtual tokens or prefix, or with
@@ -171,11 +203,14 @@ class PeftModel(AdapterFiles, PeftModelSurface, RecognisedAsPeft):
             rows = [name for name in adapter_names for _ in range(copies)]
             with self._mixed_batch(rows, self._keywords(args, kwargs), expanded=copies):
                 return self.get_base_model().generate(*args, **kwargs)
+        task_ids = self._task_ids(kwargs)
         prompt = self._active_prompt()
         if prompt is None:
-            return self.get_base_model().generate(*args, **kwargs)
+            with self._layer_task_ids(task_ids):
+                return self.get_base_model().generate(*args, **kwargs)
         kwargs = self._keywords(args, kwargs)
-        prepared = prompt.prepare(self.get_base_model(), kwargs)
+        extra = {"task_ids": task_ids} if task_ids is not None else {}
+        prepared = prompt.prepare(self.get_base_model(), {**kwargs, **extra})
         output = self.get_base_model().generate(**prepared)
         input_ids = kwargs.get("input_ids")
         decoder_only = not getattr(self.get_base_model().config, "is_encoder_decoder", False)
@@ -281,6 +316,9 @@ class PeftModel(AdapterFiles, PeftModelSurface, RecognisedAsPeft):
             config.base_model_name_or_path = getattr(self.get_base_model(), "name_or_path", None) or None
         self._hold_for(config)
         try:
+            shared_cls = method_for_config(config).shared
+            if shared_cls is not None:
+                self.shared_tensors[adapter_name] = shared_cls(config, adapted_bases(self.get_base_model(), the_plan))
             for item in the_plan.modules:
                 if item.role == "prompt":
                     self.prompt_encoder[adapter_name] = item.layer_cls(config, self.get_base_model())
@@ -291,6 +329,8 @@ class PeftModel(AdapterFiles, PeftModelSurface, RecognisedAsPeft):
                     module.active_adapters = self.active_names()
                     module.composition = self.active_composition
                     self._replace(item.name, module)
+                if adapter_name in self.shared_tensors:
+                    module.shared[adapter_name] = self.shared_tensors[adapter_name]
                 module.add_adapter(adapter_name, config, item.name)
                 module.attach(self.get_base_model(), item.name, config)
                 module.train(module.base_layer.training)  # new dropout follows the model's train / eval mode
@@ -317,6 +357,8 @@ class PeftModel(AdapterFiles, PeftModelSurface, RecognisedAsPeft):
     def _remove_from_layers(self, adapter_name: str) -> None:
         if adapter_name in self.prompt_encoder:
             del self.prompt_encoder[adapter_name]
+        if adapter_name in self.shared_tensors:
+            del self.shared_tensors[adapter_name]
         for name, layer in reversed(list(self.adapter_layers())):  # nested layers first
             if layer.has_adapter(adapter_name):
                 layer.remove_adapter(adapter_name)
@@ -418,7 +460,7 @@ class PeftModel(AdapterFiles, PeftModelSurface, RecognisedAsPeft):
     def _mark_trainable(self) -> None:
         for parameter in self.get_base_model().parameters():
             parameter.requires_grad_(False)
-        for parameter in self.prompt_encoder.parameters():
+        for parameter in [*self.prompt_encoder.parameters(), *self.shared_tensors.parameters()]:
             parameter.requires_grad_(False)
         composition = self.active_composition
         if composition is None:
@@ -491,7 +533,7 @@ class PeftModel(AdapterFiles, PeftModelSurface, RecognisedAsPeft):
                 continue
             layer.check_mergeable()
             sharing = owners.get(id(getattr(layer.base_layer, "weight", None)), [])
-            if len(sharing) > 1:
+            if len(sharing) > 1 and not layer.merges_tied_weight:
                 raise ConfigError(
                     f"cannot merge into '{path}': its weight is tied to {', '.join(sharing[1:])}, which would change "
                     f"too; exclude it from target_modules or untie the weights first"
@@ -529,6 +571,7 @@ class PeftModel(AdapterFiles, PeftModelSurface, RecognisedAsPeft):
         for name, layer in reversed(list(self.adapter_layers())):
             self._replace(name, layer.unwrapped())
         self.prompt_encoder.clear()
+        self.shared_tensors.clear()
         self.peft_config.clear()
         self.active_adapter = None
         return self.get_base_model()

@@ -65,15 +65,15 @@ class PeftModelSurface:
     def get_prompt(self, batch_size: int, task_ids: torch.Tensor | None = None, max_cache_len: int | None = None):
         """The active prompt-learning adapter's input: (batch, virtual tokens, width) soft prompts, or for prefix
         tuning the transformers cache holding the prefix keys and values."""
-        if task_ids is not None:
-            raise ConfigError("task_ids select a task of multitask prompt tuning, which peftkit does not have")
         del max_cache_len  # the prefix cache grows as generation needs
         prompt = self._active_prompt()
         if prompt is None:
             raise ConfigError("get_prompt needs an active prompt-learning adapter")
+        if task_ids is not None and not prompt.takes_task_ids:
+            raise ConfigError("task_ids pick each row's task of a multitask adapter; the active adapter takes none")
         if hasattr(prompt, "cache"):
             return prompt.cache(batch_size, self.base_model_torch_dtype)
-        return prompt.virtual_tokens().unsqueeze(0).expand(batch_size, -1, -1)
+        return prompt.batch_prompts(batch_size, task_ids)
 
     def get_prompt_embedding_to_save(self, adapter_name: str) -> torch.Tensor:
         self._require(adapter_name)
@@ -83,7 +83,7 @@ class PeftModelSurface:
 
     def prepare_inputs_for_generation(self, *args, task_ids: torch.Tensor | None = None, **kwargs):
         if task_ids is not None:
-            raise ConfigError("task_ids select a task of multitask prompt tuning, which peftkit does not have")
+            raise ConfigError("task_ids go to forward or generate, which hand them to the adapter; not here")
         return self.get_base_model().prepare_inputs_for_generation(*args, **kwargs)
 
     def prepare_model_for_gradient_checkpointing(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -134,7 +134,8 @@ def get_layer_status(model) -> list[TunerLayerStatus]:
         requires_grad, devices = {}, {}
         for name in layer.adapter_names:
             tensors = list(layer.adapter_state_dict(name).values())
-            flags = {bool(t.requires_grad) for t in tensors}
+            frozen = {id(t) for t in layer.frozen_tensors(name)}  # saved, never trained: not a sign of either
+            flags = {bool(t.requires_grad) for t in tensors if id(t) not in frozen} or {False}
             requires_grad[name] = flags.pop() if len(flags) == 1 else IRREGULAR
             devices[name] = sorted({t.device.type for t in tensors})
         statuses.append(TunerLayerStatus(

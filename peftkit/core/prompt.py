@@ -79,6 +79,9 @@ class PromptLearningConfig(PeftConfig):
 class PromptAdapter(nn.Module):
     """Base of prompt-learning adapters; ``virtual_tokens()`` gives the (tokens × width) table in use."""
 
+    # Whether the model's forward takes ``task_ids`` for it (multitask prompt tuning); they reach ``prepare`` in kwargs
+    takes_task_ids: ClassVar[bool] = False
+
     def __init__(self, config: PromptLearningConfig) -> None:
         super().__init__()
         self.config = config
@@ -105,6 +108,10 @@ class PromptAdapter(nn.Module):
     def virtual_tokens(self) -> torch.Tensor:
         return self.loaded if self.loaded is not None else self.encode()
 
+    def batch_prompts(self, batch: int, task_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The (batch × tokens × width) prompts; ``task_ids`` pick each row's task where ``takes_task_ids``."""
+        return self.virtual_tokens().unsqueeze(0).expand(batch, -1, -1)
+
     def saved_tensors(self) -> dict[str, torch.Tensor]:
         return {SAVED_KEY: self.virtual_tokens()}
 
@@ -117,6 +124,11 @@ class PromptAdapter(nn.Module):
 
     def prepare(self, model: nn.Module, kwargs: dict) -> dict:
         raise NotImplementedError
+
+    def run(self, call, model: nn.Module, kwargs: dict):
+        """``call`` (the base model's forward) on ``kwargs`` made ready by ``prepare``; a method that changes the
+        labels or the loss (CPT) overrides it."""
+        return call(**self.prepare(model, kwargs))
 
 
 def _batch_size(kwargs: dict) -> int:
@@ -147,7 +159,7 @@ class SoftPromptAdapter(PromptAdapter):
             embeds = model.get_input_embeddings()(kwargs.pop("input_ids"))
         else:
             kwargs.pop("input_ids", None)
-        prompts = self.virtual_tokens().to(embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
+        prompts = self.batch_prompts(batch, kwargs.pop("task_ids", None)).to(embeds.dtype)
         kwargs["inputs_embeds"] = torch.cat([prompts, embeds], dim=1)
         extend_mask(kwargs, "attention_mask", count, batch, 1)
         extend_mask(kwargs, "token_type_ids", count, batch, 0)

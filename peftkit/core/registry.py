@@ -39,7 +39,10 @@ class Method:
     layers: dict[type[nn.Module], type[AdapterLayer]]
     layers_note: str = ""  # what else a module needs, for error messages (e.g. " with a bias")
     prompt_cls: type | None = None  # prompt-learning methods: a PromptAdapter class instead of layers
+    shared: type | None = None  # a core.shared.SharedTensors subclass: tensors an adapter keeps once for all its layers
     peft_reads: bool = True  # Hugging Face peft has this method and reads its checkpoints
+    # The module types peft's own form of the method wraps, where fewer than ``layers`` (LoHa: no GPT-2 Conv1D)
+    peft_module_types: tuple[type[nn.Module], ...] = ()
     aliases: tuple[str, ...] = ()  # earlier names, still accepted (``--method adapter``), never listed
     # Adapter arithmetic (peft's add_weighted_adapter): (model, adapters, weights, new name, **options) -> None
     combine_adapters: Callable[..., None] | None = None
@@ -56,6 +59,10 @@ class Method:
             if isinstance(module, base_type) and layer_cls.can_wrap(module):
                 return layer_cls
         return None
+
+    def peft_wraps(self, module_type: str) -> bool:
+        """Whether peft's own form of the method wraps modules of this type (by class name)."""
+        return not self.peft_module_types or module_type in {t.__name__ for t in self.peft_module_types}
 
     def supported_types(self) -> str:
         return ", ".join("modules" if t is nn.Module else t.__name__ for t in self.layers)

@@ -53,15 +53,19 @@ class Plan:
     config: PeftConfig  # with the model-dependent defaults filled in
     model_parameters: int
     modules: list[PlannedModule] = field(default_factory=list)
+    shared_shapes: dict[str, tuple] = field(default_factory=dict)  # the adapter's model-level tensors, by saved key
+    shared_parameters: int = 0  # of those, the parameters it trains
 
     @property
     def new_parameters(self) -> int:
-        return sum(m.new_parameters for m in self.modules)
+        return sum(m.new_parameters for m in self.modules) + self.shared_parameters
 
     def __str__(self) -> str:
         width = max([len(m.name) for m in self.modules] + [6])
         lines = [f"{'module':<{width}}  {'type':<12} {'role':<6} {'new params':>12}"]
         lines += [f"{m.name:<{width}}  {m.module_type:<12} {m.role:<6} {m.new_parameters:>12,}" for m in self.modules]
+        if self.shared_shapes or self.shared_parameters:
+            lines.append(f"{'(model-level)':<{width}}  {'':<12} {'shared':<6} {self.shared_parameters:>12,}")
         share = 100.0 * self.new_parameters / max(self.model_parameters, 1)
         lines.append(
             f"{self.method}: {len(self.modules)} modules, {self.new_parameters:,} new parameters "
@@ -81,7 +85,27 @@ def plan(model: nn.Module, config: PeftConfig) -> Plan:
     else:
         modules = _adapted_modules(base, config, method, [m.name for m in saved]) + saved
     own = sum(p.numel() for n, p in base.named_parameters() if not inside_adapter_container(base, n))
-    return Plan(method=method.name, config=config, model_parameters=own, modules=modules)
+    the_plan = Plan(method=method.name, config=config, model_parameters=own, modules=modules)
+    if method.shared is not None:
+        _plan_shared(base, the_plan, method.shared)
+    return the_plan
+
+
+def adapted_bases(model: nn.Module, the_plan: Plan) -> dict[str, nn.Module]:
+    """The base modules the plan wraps, by name, in the model's order."""
+    return {m.name: base_of(model.get_submodule(m.name)) for m in the_plan.modules if m.role == "adapt"}
+
+
+def _plan_shared(model: nn.Module, the_plan: Plan, shared_cls: type) -> None:
+    """Add the adapter's model-level tensors to the plan, built once (RNG untouched) to read their shapes."""
+    with torch.random.fork_rng(devices=[]):
+        shared = shared_cls(the_plan.config, adapted_bases(model, the_plan))
+    the_plan.shared_shapes = {key: tuple(t.shape) for key, t in shared.state_dict().items()}
+    the_plan.shared_parameters = sum(p.numel() for p in shared.parameters())
+    for item in the_plan.modules:
+        if item.role == "adapt":
+            item.trainable = item.new_parameters  # what the layer saves of the shared tensors does not train
+            item.shapes.update(shared.layer_shapes(item.name))
 
 
 def _prompt_module(model: nn.Module, config: PeftConfig, prompt_cls: type) -> PlannedModule:
@@ -139,7 +163,7 @@ def _adapted_modules(
         wanted = (lambda m: isinstance(m, (nn.Linear, Conv1D))) if targets == ALL_LINEAR else method.layer_for
         matched = [(n, m) for n, m in candidates if wanted(base_of(m)) and n not in heads]
     else:
-        matched = [(n, m) for n, m in candidates if name_matches(n, targets)]
+        matched = [(n, m) for n, m in candidates if name_matches(n, targets) or n in config.also_adapted]
     matched = [(n, m) for n, m in matched if not any(n == s or n.startswith(s + ".") for s in saved)]
     if config.exclude_modules:
         matched = [(n, m) for n, m in matched if not name_matches(n, config.exclude_modules)]
@@ -164,7 +188,11 @@ def _adapted_modules(
                 f"of a module cannot share it with another method"
             )
         shapes = layer_cls.expected_shapes(base, config, name)
-        planned.append(PlannedModule(name, type(base).__name__, layer_cls, shapes))
+        trainable = layer_cls.planned_trainable(base, config, name)
+        if trainable is None and layer_cls.frozen_attributes:  # saved, not trained
+            trained = {k: s for k, s in shapes.items() if k.split(".")[0] not in layer_cls.frozen_attributes}
+            trainable = PlannedModule(name, "", layer_cls, trained).new_parameters
+        planned.append(PlannedModule(name, type(base).__name__, layer_cls, shapes, trainable=trainable))
     if unsupported:
         raise ConfigError(
             f"target_modules matched modules that {method.name} cannot wrap: {', '.join(unsupported[:5])}; "

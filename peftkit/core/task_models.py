@@ -11,14 +11,13 @@ import dataclasses
 import torch
 
 from peftkit.core.config import PeftConfig
-from peftkit.core.errors import ConfigError
 from peftkit.core.peft_model import PeftModel
 
 
 def _given(task_ids: torch.Tensor | None, named: dict, kwargs: dict) -> dict:
-    """The keyword arguments to pass on: the named ones that were given, then the rest."""
+    """The keyword arguments to pass on: the named ones that were given, then the rest (``task_ids`` among them)."""
     if task_ids is not None:
-        raise ConfigError("task_ids select a task of multitask prompt tuning, which peftkit does not have")
+        named["task_ids"] = task_ids
     return {**{key: value for key, value in named.items() if value is not None}, **kwargs}
 
 

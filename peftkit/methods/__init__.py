@@ -1,18 +1,10 @@
-"""What is trained: each module here holds one method's config and layers and registers it."""
+"""What is trained: each module or package here holds one method's config and layers and registers it.
 
-from peftkit.methods import (  # noqa: F401  (each registers its method)
-    adalora,
-    apet,
-    bitfit,
-    bottleneck,
-    ia3,
-    increlora,
-    lite_adapter,
-    ln_tuning,
-    lora,
-    meft,
-    p_tuning,
-    prefix_tuning,
-    prompt_tuning,
-    vl_pet,
-)
+Importing this package imports every method module in it (found by listing the package, so a new method is one new
+file); the modules holding what several methods share (``config_rules``, ``weight_delta``) register nothing."""
+
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

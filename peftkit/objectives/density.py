@@ -5,7 +5,11 @@ in Transformers". For the feed-forward activation a of layer ℓ (BERT: the inte
 Llama-style: act(gate)), example b, its non-padding tokens t and units u:
 
     ρ_ℓ,b = mean_{t, u} a²/(a² + ε),   ε = 1e-7           (a smooth count of non-zeros: ≈ 1 unless |a| ≲ √ε)
-    L = L_task + w · mean_{ℓ, b} ρ_ℓ,b                      (w = 1 by default)
+    L = L_task + w · mean_ℓ mean_b ρ_ℓ,b                    (w = 1 by default)
+
+The routed experts of a mixture-of-experts layer (DeepSeek-V3, Qwen-MoE) see only the tokens routed to them, as a
+2-D activation (one row per token and expert it went to × units; one call per expert or one for all, as the model
+computes them): each such call's term is the mean over its rows, ρ = mean_{rows, u} a²/(a² + ε).
 
 Choices the paper leaves open: padding tokens are left out of the mean (the attention mask the model is
 called with); an example's ρ is its own token mean, so long and short examples weigh the same.
@@ -95,17 +99,19 @@ class DensityLoss:
     def _add_term(self, module, args, output) -> None:
         if not module.training or not torch.is_grad_enabled() or not output.requires_grad:
             return
+        if output.dim() == 2:  # routed experts' activation: one row per token routed, one term
+            output = output[None]
         mask = self._token_mask
         if mask is None or mask.shape != output.shape[:2]:
             mask = torch.ones(output.shape[:2], device=output.device)
-        self._terms.append(ExampleDensity.apply(output, mask, self.epsilon))
+        self._terms.append(ExampleDensity.apply(output, mask, self.epsilon).mean())
 
     def loss(self) -> torch.Tensor:
         """The term for the last forward pass (0 when nothing was hooked), and forget it."""
         terms, self._terms = self._terms, []
         if not terms:
             return torch.zeros(())
-        return self.weight * torch.stack(terms).mean()
+        return self.weight * torch.stack(terms).mean()  # each term: one layer's (or expert's) mean over examples
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -124,6 +130,8 @@ def activation_density(model: nn.Module, batches, threshold: float = 0.0,
     def counter(name):
         def count(module, args, output):
             mask = mask_holder.get("mask")
+            if output.dim() == 2:  # routed experts' activation: every row a token routed
+                output = output[None]
             if mask is None or mask.shape != output.shape[:2]:
                 mask = torch.ones(output.shape[:2], dtype=torch.bool, device=output.device)
             selected = output[mask.bool()]

@@ -76,9 +76,9 @@ def test_missing_folder_or_config_is_a_clear_error(tmp_path):
 def test_config_that_would_change_the_computation_is_refused_before_any_change(tmp_path):
     saved_adapter(tmp_path)
     path = tmp_path / "adapter_config.json"
-    path.write_text(path.read_text().replace('"bias": "none"', '"bias": "none", "lora_bias": true'))
+    path.write_text(path.read_text().replace('"bias": "none"', '"bias": "none", "use_qalora": true'))
     model = tiny_model("bert")
-    with pytest.raises(ConfigError, match="lora_bias"):
+    with pytest.raises(ConfigError, match="use_qalora"):
         PeftModel.from_pretrained(model, tmp_path)
     assert_untouched(model)
 

@@ -47,7 +47,7 @@ def test_earlier_names_stand_for_the_method_and_are_listed_nowhere():
     assert TrainOptions(method="prompt").method == "prompt_tuning"
     assert [row.method for row in bench_rows(["adapter", "ln"])] == ["full", "bottleneck", "ln_tuning"]
     aliases = {alias for method in registered_methods().values() for alias in method.aliases}
-    assert aliases == {"adapter", "lite", "ln", "prefix", "prompt", "ptuning"}
+    assert aliases == {"adapter", "bone", "lite", "ln", "prefix", "prompt", "ptuning"}
     table = (ROOT / "docs" / "methods.md").read_text()
     assert not any(f"`{alias}`" in table for alias in aliases)
 

@@ -200,8 +200,8 @@ def test_configs_from_folders_and_dicts(tmp_path):
     assert peftkit.LoraConfig.from_pretrained(tmp_path, r=5).r == 5
     built = peftkit.get_peft_config({"peft_type": "LORA", "r": 4, "target_modules": ["q_proj"]})
     assert isinstance(built, peftkit.LoraConfig) and built.r == 4
-    with pytest.raises(ConfigError, match="peft_type 'LOHA' is not supported"):
-        peftkit.get_peft_config({"peft_type": "LOHA"})
+    with pytest.raises(ConfigError, match="peft_type 'NO_SUCH_TYPE' is not supported"):
+        peftkit.get_peft_config({"peft_type": "NO_SUCH_TYPE"})
     typed = peftkit.LoraConfig(task_type=peftkit.TaskType.SEQ_CLS, target_modules=["query"])
     assert dataclasses.asdict(typed)["task_type"] == "SEQ_CLS"
 
@@ -239,7 +239,9 @@ def test_peft_fields_at_their_defaults_load_silently_and_others_are_named(tmp_pa
     theirs.save_pretrained(tmp_path / "defaults")
     peftkit.PeftModel.from_pretrained(tiny_model("llama"), tmp_path / "defaults")
     assert [str(w.message) for w in recwarn if "peftkit" in w.filename] == []
-    changed = peft.get_peft_model(tiny_model("llama"), peft.LoraConfig(r=2, target_modules=["q_proj"], lora_bias=True))
-    changed.save_pretrained(tmp_path / "lora_bias")
-    with pytest.raises(ConfigError, match=r"field 'lora_bias' = True changes the computation"):
-        peftkit.PeftModel.from_pretrained(tiny_model("llama"), tmp_path / "lora_bias")
+    changed = peft.get_peft_model(tiny_model("llama"), peft.LoraConfig(r=2, target_modules=["q_proj"]))
+    changed.save_pretrained(tmp_path / "qalora")
+    config_file = tmp_path / "qalora" / "adapter_config.json"
+    config_file.write_text(config_file.read_text().replace('"use_qalora": false', '"use_qalora": true'))
+    with pytest.raises(ConfigError, match=r"field 'use_qalora' = True changes the computation"):
+        peftkit.PeftModel.from_pretrained(tiny_model("llama"), tmp_path / "qalora")

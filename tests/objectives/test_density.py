@@ -102,3 +102,42 @@ def test_bad_settings_name_the_problem():
         DensityLoss(model, weight=-1)
     with pytest.raises(ConfigError, match="epsilon must be > 0"):
         DensityLoss(model, epsilon=0)
+
+
+def test_on_a_mixture_of_experts_the_routed_experts_add_the_density_of_the_tokens_they_saw():
+    model = peftkit.get_peft_model(tiny_model("deepseek"), LoraConfig(r=4, target_modules="all-linear"))
+    model.train()
+    objective = DensityLoss(model, epsilon=1e-3)
+    assert any("experts.act_fn" in name for name in objective.activations)
+    seen = []
+    handles = [m.register_forward_hook(lambda mod, args, out: seen.append(out.detach()))
+               for m in objective.activations.values()]
+    batch = tiny_batch(batch=2, length=12)
+    model(**batch)
+    for handle in handles:
+        handle.remove()
+    mask = batch["attention_mask"]
+    expected = torch.stack([(a.double() ** 2 / (a.double() ** 2 + 1e-3)).mean() if a.dim() == 2  # an expert's tokens
+                            else hand_density(a.double(), mask, 1e-3).mean() for a in seen]).mean()
+    assert sum(a.dim() == 2 for a in seen) >= 1  # the routed experts' rows added a term
+    loss = objective.loss()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
+    density = activation_density(model, [batch])
+    assert all(0.0 < value <= 1.0 for value in density.values())
+
+
+def test_training_with_the_density_loss_cuts_squared_relu_density_on_a_mixture_of_experts():
+    batch = {**tiny_batch(batch=4, length=16)}
+    batch["labels"] = batch["input_ids"]
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    density = {}
+    for weight in (0.0, 1.0):
+        model = peftkit.get_peft_model(tiny_model("deepseek"), LoraConfig(r=8, target_modules="all-linear"))
+        objective = DensityLoss(model, weight=weight)
+        torch.manual_seed(0)
+        train_losses(model, batch, steps=30, lr=1e-2, extra_loss=objective.loss)
+        per_layer = activation_density(model, [inputs])
+        density[weight] = sum(per_layer.values()) / len(per_layer)
+    assert density[1.0] < 0.5 * density[0.0], density

@@ -7,6 +7,7 @@ from transformers.pytorch_utils import Conv1D
 
 from peftkit.core.registry import Method, QuantizedForm, register_method
 from peftkit.methods.lora.arithmetic import add_weighted_adapter
+from peftkit.methods.lora.conv import LoraConv
 from peftkit.methods.lora.layers import (
     LORA_DEFAULT_TARGETS,
     DroppedLowRank,
@@ -16,6 +17,7 @@ from peftkit.methods.lora.layers import (
     LoraLinear,
     linear_shape,
 )
+from peftkit.methods.lora.multihead import LoraMultiheadAttention
 
 __all__ = ["LORA_DEFAULT_TARGETS", "DroppedLowRank", "FusedLowRank", "LoraConfig", "LoraEmbedding", "LoraLinear",
            "linear_shape"]
@@ -24,7 +26,8 @@ register_method(
     Method(
         name="lora",
         config_cls=LoraConfig,
-        layers={nn.Linear: LoraLinear, Conv1D: LoraLinear, nn.Embedding: LoraEmbedding},
+        layers={nn.Linear: LoraLinear, Conv1D: LoraLinear, nn.Embedding: LoraEmbedding, nn.Conv1d: LoraConv,
+                nn.Conv2d: LoraConv, nn.Conv3d: LoraConv, nn.MultiheadAttention: LoraMultiheadAttention},
         combine_adapters=add_weighted_adapter,
         description="LoRA: a trained low-rank update B·A beside each targeted layer (DoRA, rsLoRA, PiSSA options)",
         learning_rate=1e-3,

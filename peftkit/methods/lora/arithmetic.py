@@ -41,6 +41,10 @@ def _check(model, adapters: list[str], weights: list[float], combination: str, s
             raise ConfigError(f"adapter '{name}' is {config.peft_type}; weighted combination is defined for LoRA")
         if config.use_dora:
             raise ConfigError(f"adapter '{name}' is DoRA: its magnitude vector has no weighted combination")
+    others = sorted({type(layer.base).__name__ for _, layer in model.adapter_layers() if isinstance(layer, _LoraLayer)
+                     and not isinstance(layer, (LoraLinear, LoraEmbedding)) and set(adapters) & set(layer.scaling)})
+    if others:
+        raise ConfigError(f"weighted combination is defined for LoRA on Linear, Conv1D and Embedding, not {others}")
     ranks = [max([config.r, *config.rank_pattern.values()]) for config in (model.peft_config[n] for n in adapters)]
     if combination in FACTOR_MERGES:
         if len(set(ranks)) > 1:

@@ -14,6 +14,8 @@ W (out × in) and bias b:
   (``"pissa_niter_k"``: randomized SVD with k subspace iterations).
 * DoRA (Liu et al., 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation"): a variant object
   (``dora.py``) that an adapter made with ``use_dora=True`` carries; it rescales the output units by m / n.
+* ``lora_bias=True``: B has a bias c (zero at the start), h = W x + b + s · (B A dropout(x) + c); merging adds
+  s · c to the base bias, so a base layer without one cannot merge (Linear and Conv1D only, as in peft).
 * Embedding (num × dim): A: r × num, B: dim × r, h = E[x] + s · A[:, x]ᵀ Bᵀ, with A = 0, B ~ N(0, 1).
 
 Conv1D (GPT-2) stores its weight as in × out; the orientation is read from the module type, so
@@ -47,6 +49,7 @@ from peftkit.core.mechanics.lean import kept_form, rebuilt
 from peftkit.core.mechanics.lean_ops import dropped_positions
 from peftkit.core.mechanics.quantization import dequantized
 from peftkit.core.mixed_batch import put, take
+from peftkit.methods.config_rules import pattern_value, require_positive, require_probability
 from peftkit.methods.lora.dora import DoraVariant, variant_for
 from peftkit.methods.lora.mixed import stacked_update
 
@@ -88,6 +91,7 @@ class LoraConfig(TargetedConfig):
     use_rslora: bool = False
     use_dora: bool = False
     init_lora_weights: bool | str = True
+    lora_bias: bool = False
     rank_pattern: dict[str, int] = field(default_factory=dict)
     alpha_pattern: dict[str, float] = field(default_factory=dict)
 
@@ -101,10 +105,9 @@ class LoraConfig(TargetedConfig):
 
     def validate(self) -> None:
         super().validate()
-        _require_positive("r", self.r, integer=True)
-        _require_positive("lora_alpha", self.lora_alpha)
-        if not isinstance(self.lora_dropout, (int, float)) or not 0 <= self.lora_dropout < 1:
-            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        require_positive("r", self.r, integer=True)
+        require_positive("lora_alpha", self.lora_alpha)
+        require_probability("lora_dropout", self.lora_dropout)
         if self.bias not in ("none", "all", "lora_only"):
             raise ConfigError(f"bias must be 'none', 'all' or 'lora_only', got {self.bias!r}")
         init = self.init_lora_weights
@@ -112,35 +115,24 @@ class LoraConfig(TargetedConfig):
             raise ConfigError(
                 f"init_lora_weights must be True, False, 'gaussian', 'pissa' or 'pissa_niter_<k>', got {init!r}"
             )
+        if self.lora_bias and self.use_dora:
+            raise ConfigError("lora_bias=True cannot be combined with use_dora=True (as in peft)")
+        if self.lora_bias and not isinstance(init, bool):
+            raise ConfigError(f"lora_bias=True needs init_lora_weights True or False, got {init!r} (as in peft)")
         for pattern, value in self.rank_pattern.items():
-            _require_positive(f"rank_pattern['{pattern}']", value, integer=True)
+            require_positive(f"rank_pattern['{pattern}']", value, integer=True)
         for pattern, value in self.alpha_pattern.items():
-            _require_positive(f"alpha_pattern['{pattern}']", value)
+            require_positive(f"alpha_pattern['{pattern}']", value)
 
     def rank_for(self, module_name: str) -> int:
-        return _pattern_value(self.rank_pattern, module_name, self.r)
+        return pattern_value(self.rank_pattern, module_name, self.r)
 
     def alpha_for(self, module_name: str) -> float:
-        return _pattern_value(self.alpha_pattern, module_name, self.lora_alpha)
+        return pattern_value(self.alpha_pattern, module_name, self.lora_alpha)
 
     def scaling_for(self, module_name: str) -> float:
         r, alpha = self.rank_for(module_name), self.alpha_for(module_name)
         return alpha / math.sqrt(r) if self.use_rslora else alpha / r
-
-
-def _require_positive(name: str, value, integer: bool = False) -> None:
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
-        kind = "a positive integer" if integer else "positive"
-        raise ConfigError(f"{name} must be {kind}, got {value!r}")
-
-
-def _pattern_value(patterns: dict, module_name: str, default):
-    """peft's rule: the first pattern that matches the end of the module name at a dot boundary."""
-    for pattern, value in patterns.items():
-        if re.match(rf"(?:^|.*\.){pattern}$", module_name):
-            return value
-    return default
 
 
 class _LoraLayer(AdapterLayer):
@@ -189,7 +181,21 @@ class _LoraLayer(AdapterLayer):
     def delta_weight(self, name: str) -> torch.Tensor:
         return self._out_in(self.scaling[name] * self._product(name))
 
+    def _lora_bias(self, name: str) -> torch.Tensor | None:
+        lora_B = getattr(self, "lora_B", {})
+        return lora_B[name].bias if name in lora_B else None
+
+    def merged_bias(self, name: str, bias: torch.Tensor) -> torch.Tensor:
+        extra = self._lora_bias(name)
+        return bias if extra is None else bias + self.scaling[name] * extra.detach().float()
+
+    def unmerged_bias(self, name: str, bias: torch.Tensor) -> torch.Tensor:
+        extra = self._lora_bias(name)
+        return bias if extra is None else bias - self.scaling[name] * extra.detach().float()
+
     def merged_weight(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        if self._lora_bias(name) is not None and self.bias is None:
+            raise ConfigError(f"adapter '{name}' has lora_bias=True but its base layer has no bias to merge it into")
         if name in self.variants:
             return self.variants[name].merged_weight(self, name, weight)
         return super().merged_weight(name, weight)
@@ -293,6 +299,8 @@ class LoraLinear(_LoraLayer):
         r = config.rank_for(module_name)
         in_features, out_features = linear_shape(base_layer)
         shapes = {"lora_A.weight": (r, in_features), "lora_B.weight": (out_features, r)}
+        if config.lora_bias:
+            shapes["lora_B.bias"] = (out_features,)
         if config.use_dora:
             shapes.update(DoraVariant.shapes(out_features))
         return shapes
@@ -301,7 +309,7 @@ class LoraLinear(_LoraLayer):
         r = config.rank_for(module_name)
         options = self._new_tensor_options()
         self.lora_A[name] = nn.Linear(self.in_features, r, bias=False, **options)
-        self.lora_B[name] = nn.Linear(r, self.out_features, bias=False, **options)
+        self.lora_B[name] = nn.Linear(r, self.out_features, bias=config.lora_bias, **options)
         self.lora_dropout[name] = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
         self._start_adapter(name, config, module_name)
         init = config.init_lora_weights
@@ -313,6 +321,8 @@ class LoraLinear(_LoraLayer):
             else:
                 nn.init.kaiming_uniform_(self.lora_A[name].weight, a=math.sqrt(5))
             nn.init.zeros_(self.lora_B[name].weight)
+            if config.lora_bias:
+                nn.init.zeros_(self.lora_B[name].bias)
         if name in self.variants:
             self.variants[name].init(self, name)
 
@@ -348,6 +358,7 @@ class LoraLinear(_LoraLayer):
         lora_a = self.lora_A[name].weight
         return (
             name not in self.variants and isinstance(self.lora_dropout[name], nn.Identity)
+            and self.lora_B[name].bias is None
             and lora_a.requires_grad and not weight.requires_grad and (bias is None or not bias.requires_grad)
             and x.dtype == weight.dtype == lora_a.dtype
         )
@@ -363,6 +374,8 @@ class LoraLinear(_LoraLayer):
             lora_x = x.to(lora_A.weight.dtype)
             if name in self.variants:
                 result = self.variants[name].linear_output(self, name, x, result)
+            elif lora_B.bias is not None:
+                result = torch.add(result, lora_B(lora_A(dropout(lora_x))).to(result.dtype), alpha=self.scaling[name])
             elif self.training and isinstance(dropout, nn.Dropout):
                 update = DroppedLowRank.apply(lora_x, lora_A.weight, lora_B.weight, self.scaling[name], dropout.p)
                 result = update.to(result.dtype).add_(result)  # reuses the fresh update's buffer
@@ -384,7 +397,8 @@ class LoraLinear(_LoraLayer):
         if isinstance(self.base_layer, AdapterLayer) or any(n in self.variants for n, _ in groups):
             return None
         result = self.base_layer(x, *args, **kwargs)
-        if not torch.is_grad_enabled() and result.is_contiguous():
+        biased = any(n is not None and self.lora_B[n].bias is not None for n, _ in groups)
+        if not torch.is_grad_enabled() and result.is_contiguous() and not biased:
             updated = stacked_update(self, [n for n, _ in groups], mixed, result, x)
             if updated is not None:
                 return updated
@@ -413,6 +427,8 @@ class LoraEmbedding(_LoraLayer):
         if isinstance(config.init_lora_weights, str) and config.init_lora_weights.startswith("pissa"):
             raise ConfigError(f"init_lora_weights='{config.init_lora_weights}' is not defined for Embedding "
                               f"'{module_name}'; exclude it or use the default init")
+        if config.lora_bias:
+            raise ConfigError(f"lora_bias=True is not defined for Embedding '{module_name}' (as in peft); exclude it")
         r = config.rank_for(module_name)
         shapes = {
             "lora_embedding_A": (r, base_layer.num_embeddings),
