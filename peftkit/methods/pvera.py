@@ -20,54 +20,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftkit.core.config import TargetedConfig, config_dataclass
+from peftkit.core.config import config_dataclass
 from peftkit.core.registry import Method, register_method
-from peftkit.core.shared import SharedTensors
-from peftkit.methods.config_rules import require_choice, require_positive, require_probability
-from peftkit.methods.lora import LORA_DEFAULT_TARGETS, linear_shape
-from peftkit.methods.vera import kaiming_uniform, largest_widths
+from peftkit.methods.lora import linear_shape
+from peftkit.methods.vera import RandomProjectionConfig, VeraProjections
 from peftkit.methods.weight_delta import WeightDeltaLayer, weight_layers
 
 
 @config_dataclass
-class PveraConfig(TargetedConfig):
+class PveraConfig(RandomProjectionConfig):
     """PVeRA settings, with peft's field names and defaults."""
 
     peft_type = "PVERA"
-    default_targets = LORA_DEFAULT_TARGETS
-    r: int = 256
-    projection_prng_key: int = 0
-    save_projection: bool = True
     pvera_dropout: float = 0.0
-    d_initial: float = 0.1
-    fan_in_fan_out: bool = False  # peft's flag for Conv1D; the layout is read from the module type
-    bias: str = "none"
-    init_weights: bool = True
     sample_at_inference: bool = False
     generator_seed: int | None = None
 
-    omit_at_default = ("exclude_modules",)  # peft's PVeRA has no such field
     field_aliases = {"rank": "r", "dropout": "pvera_dropout", "targets": "target_modules"}
 
-    def validate(self) -> None:
-        super().validate()
-        require_positive("r", self.r, integer=True)
-        require_probability("pvera_dropout", self.pvera_dropout)
-        require_choice("bias", self.bias, ("none", "all", "pvera_only"))
 
-
-class PveraProjections(SharedTensors):
+class PveraProjections(VeraProjections):
     """The frozen A (2r × largest in) and B (largest out × r), saved only with ``save_projection``."""
 
-    def __init__(self, config: PveraConfig, modules: dict[str, nn.Module]) -> None:
-        super().__init__(config, modules)
-        in_features, out_features = largest_widths(modules)
-        generator = torch.Generator().manual_seed(config.projection_prng_key)
-        a = kaiming_uniform((2 * config.r, in_features), generator)
-        b = kaiming_uniform((out_features, config.r), generator)
-        where = self.placement(modules)
-        self.register_buffer("pvera_A", a.to(**where), persistent=config.save_projection)
-        self.register_buffer("pvera_B", b.to(**where), persistent=config.save_projection)
+    prefix = "pvera"
+    a_rows_per_rank = 2
 
 
 class PveraLinear(WeightDeltaLayer):

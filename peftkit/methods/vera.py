@@ -39,42 +39,57 @@ def kaiming_uniform(shape: tuple[int, ...], generator: torch.Generator) -> torch
 
 
 @config_dataclass
-class VeraConfig(TargetedConfig):
-    """VeRA settings, with peft's field names and defaults."""
+class RandomProjectionConfig(TargetedConfig):
+    """What VeRA and PVeRA share: frozen random projections drawn from a key, trained scaling vectors."""
 
-    peft_type = "VERA"
     default_targets = LORA_DEFAULT_TARGETS
     r: int = 256
     projection_prng_key: int = 0
     save_projection: bool = True
-    vera_dropout: float = 0.0
     d_initial: float = 0.1
     fan_in_fan_out: bool = False  # peft's flag for Conv1D; the layout is read from the module type
     bias: str = "none"
     init_weights: bool = True
 
-    omit_at_default = ("exclude_modules",)  # peft's VeRA has no such field
-    field_aliases = {"rank": "r", "dropout": "vera_dropout", "targets": "target_modules"}
+    omit_at_default = ("exclude_modules",)  # peft's VeRA and PVeRA have no such field
+
+    @property
+    def dropout(self) -> float:
+        return getattr(self, f"{self.peft_type.lower()}_dropout")
 
     def validate(self) -> None:
         super().validate()
         require_positive("r", self.r, integer=True)
-        require_probability("vera_dropout", self.vera_dropout)
-        require_choice("bias", self.bias, ("none", "all", "vera_only"))
+        require_probability(f"{self.peft_type.lower()}_dropout", self.dropout)
+        require_choice("bias", self.bias, ("none", "all", f"{self.peft_type.lower()}_only"))
+
+
+@config_dataclass
+class VeraConfig(RandomProjectionConfig):
+    """VeRA settings, with peft's field names and defaults."""
+
+    peft_type = "VERA"
+    vera_dropout: float = 0.0
+
+    field_aliases = {"rank": "r", "dropout": "vera_dropout", "targets": "target_modules"}
 
 
 class VeraProjections(SharedTensors):
-    """The frozen A (r × largest in) and B (largest out × r), saved only with ``save_projection``."""
+    """The frozen A (r × largest in) and B (largest out × r), saved only with ``save_projection``; drawn from
+    ``projection_prng_key`` as peft draws them. PVeRA's are the same with A twice as tall."""
+
+    prefix = "vera"  # the saved keys: <prefix>_A, <prefix>_B
+    a_rows_per_rank = 1
 
     def __init__(self, config: VeraConfig, modules: dict[str, nn.Module]) -> None:
         super().__init__(config, modules)
         in_features, out_features = largest_widths(modules)
         generator = torch.Generator().manual_seed(config.projection_prng_key)
-        a = kaiming_uniform((config.r, in_features), generator)
+        a = kaiming_uniform((self.a_rows_per_rank * config.r, in_features), generator)
         b = kaiming_uniform((out_features, config.r), generator)
         where = self.placement(modules)
-        self.register_buffer("vera_A", a.to(**where), persistent=config.save_projection)
-        self.register_buffer("vera_B", b.to(**where), persistent=config.save_projection)
+        self.register_buffer(f"{self.prefix}_A", a.to(**where), persistent=config.save_projection)
+        self.register_buffer(f"{self.prefix}_B", b.to(**where), persistent=config.save_projection)
 
 
 class VeraLinear(WeightDeltaLayer):
