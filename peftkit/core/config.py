@@ -112,6 +112,12 @@ class PeftConfig:
         """A copy with the defaults that depend on ``model`` filled in; ``self`` stays as written."""
         return copy.deepcopy(self)
 
+    def companions(self, model) -> list[PeftConfig]:
+        """Other methods' adapters this one brings along on ``model`` (LoRA's ``trainable_token_indices``: trainable
+        token rows of the embedding); they are planned, injected, saved, merged, disabled and removed with it, under
+        its name, each layer taking its own config. None by default."""
+        return []
+
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
@@ -231,8 +237,8 @@ class TargetedConfig(PeftConfig):
 
     # model_type -> target_modules used when a config leaves them unset
     default_targets: ClassVar[dict[str, list[str]]] = {}
-    # Modules adapted with the targets because they share a target's weight (a tied output layer), set on the copy
-    # ``resolved`` returns by a method that follows ties; never saved (peft finds them the same way when it loads)
+    # Modules adapted besides the matched targets — an output layer tied to a target's weight, a module holding a
+    # targeted parameter — set on the copy ``resolved`` returns; never saved (peft finds them the same way)
     also_adapted: ClassVar[tuple[str, ...]] = ()
 
     def default_target_modules(self, model_type: str | None) -> list[str] | str | None:

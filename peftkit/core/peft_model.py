@@ -306,7 +306,8 @@ class PeftModel(AdapterFiles, PeftModelSurface, RecognisedAsPeft):
         config = the_plan.config  # a copy: the caller's config stays as written
         if getattr(config, "target_modules", None) in (ALL_LINEAR, ALL):
             # saved as the module names it meant here, so every reader (peft included) hits the same ones
-            config.target_modules = [item.name for item in the_plan.modules if item.role == "adapt"]
+            config.target_modules = [item.name for item in the_plan.modules
+                                     if item.role == "adapt" and item.config is None]
         if config.is_prompt_learning and config.task_type is None:  # peft runs a prompt only for a known task
             config.task_type = task_type_of(self.get_base_model())
         heads = TASK_HEAD_NAMES.get(config.task_type or "", [])
@@ -331,8 +332,9 @@ class PeftModel(AdapterFiles, PeftModelSurface, RecognisedAsPeft):
                     self._replace(item.name, module)
                 if adapter_name in self.shared_tensors:
                     module.shared[adapter_name] = self.shared_tensors[adapter_name]
-                module.add_adapter(adapter_name, config, item.name)
-                module.attach(self.get_base_model(), item.name, config)
+                own = item.config if item.config is not None else config  # a companion's (PeftConfig.companions)
+                module.add_adapter(adapter_name, own, item.name)
+                module.attach(self.get_base_model(), item.name, own)
                 module.train(module.base_layer.training)  # new dropout follows the model's train / eval mode
         except BaseException:
             self._remove_from_layers(adapter_name)

@@ -33,6 +33,7 @@ class PlannedModule:
     shapes: dict[str, tuple]  # the tensors a checkpoint holds for it
     role: str = "adapt"  # "adapt": wrapped by the method; "save": trained whole; "prompt": virtual tokens
     trainable: int | None = None  # parameters it trains, where they differ from what is saved
+    config: PeftConfig | None = None  # the config its layer takes where not the plan's (PeftConfig.companions)
 
     @property
     def new_parameters(self) -> int:
@@ -88,12 +89,29 @@ def plan(model: nn.Module, config: PeftConfig) -> Plan:
     the_plan = Plan(method=method.name, config=config, model_parameters=own, modules=modules)
     if method.shared is not None:
         _plan_shared(base, the_plan, method.shared)
+    the_plan.modules += _companion_modules(base, config, method, {m.name for m in modules})
     return the_plan
+
+
+def _companion_modules(model: nn.Module, config: PeftConfig, method: Method, taken: set[str]) -> list[PlannedModule]:
+    """The modules of the adapters ``config`` brings along (``PeftConfig.companions``), each with its own config."""
+    found = []
+    for companion in config.companions(model):
+        companion_plan = plan(model, companion)
+        for item in companion_plan.modules:
+            if item.name in taken:
+                raise ConfigError(f"'{item.name}' is adapted twice: by the {method.name} adapter's own modules and by "
+                                  f"the {companion_plan.method} part it brings along; keep it in one of them")
+            item.config = companion_plan.config
+            taken.add(item.name)
+            found.append(item)
+    return found
 
 
 def adapted_bases(model: nn.Module, the_plan: Plan) -> dict[str, nn.Module]:
     """The base modules the plan wraps, by name, in the model's order."""
-    return {m.name: base_of(model.get_submodule(m.name)) for m in the_plan.modules if m.role == "adapt"}
+    return {m.name: base_of(model.get_submodule(m.name)) for m in the_plan.modules
+            if m.role == "adapt" and m.config is None}
 
 
 def _plan_shared(model: nn.Module, the_plan: Plan, shared_cls: type) -> None:

@@ -20,7 +20,7 @@ from peftkit.core.config import config_dataclass
 from peftkit.core.errors import ConfigError
 from peftkit.core.prompt import SAVED_KEY, PromptAdapter, PromptLearningConfig
 from peftkit.core.registry import Method, register_method
-from peftkit.methods.prefix_tuning import Prefix
+from peftkit.methods.prefix_tuning import Prefix, fit_to_cache
 
 
 @config_dataclass
@@ -38,15 +38,7 @@ class CartridgeConfig(PromptLearningConfig):
                               f"got {value!r}")
 
     def resolved(self, model) -> CartridgeConfig:
-        explicit_heads = self.num_attention_heads is not None
-        config = super().resolved(model)
-        model_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        kv_heads = getattr(model_config, "num_key_value_heads", None)
-        if not explicit_heads and kv_heads and kv_heads != config.num_attention_heads:
-            # grouped-query attention caches fewer heads: the cartridge holds keys / values of that width (as peft)
-            config.token_dim = config.token_dim // config.num_attention_heads * kv_heads
-            config.num_attention_heads = kv_heads
-        return config
+        return fit_to_cache(super().resolved(model), model, explicit_heads=self.num_attention_heads is not None)
 
 
 class Cartridge(Prefix):

@@ -1,6 +1,8 @@
-"""LoRA (Hu et al., 2021): h = W₀x + (α/r)·B·A·x, with its variants (rsLoRA, DoRA, PiSSA) in ``layers.py``, adapter
-arithmetic (peft's ``add_weighted_adapter``) in ``arithmetic.py``, the mixed-adapter batch forms in ``mixed.py``
-and the SVD-shaped update AdaLoRA and IncreLoRA share in ``svd.py``. Registered here as the method "lora"."""
+"""LoRA (Hu et al., 2021): h = W₀x + (α/r)·B·A·x, with its variants (rsLoRA, DoRA, PiSSA) in ``layers.py``,
+adapter arithmetic (peft's ``add_weighted_adapter``) in ``arithmetic.py``, LoRA on convolutions, multi-head
+attention and 3-D expert parameters in ``conv.py``, ``multihead.py`` and ``parameters.py``, the mixed-adapter batch
+forms in ``mixed.py`` and the SVD-shaped update AdaLoRA and IncreLoRA share in ``svd.py``. Registered here as the
+method "lora"."""
 
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -18,6 +20,7 @@ from peftkit.methods.lora.layers import (
     linear_shape,
 )
 from peftkit.methods.lora.multihead import LoraMultiheadAttention
+from peftkit.methods.lora.parameters import LoraParameters
 
 __all__ = ["LORA_DEFAULT_TARGETS", "DroppedLowRank", "FusedLowRank", "LoraConfig", "LoraEmbedding", "LoraLinear",
            "linear_shape"]
@@ -27,7 +30,8 @@ register_method(
         name="lora",
         config_cls=LoraConfig,
         layers={nn.Linear: LoraLinear, Conv1D: LoraLinear, nn.Embedding: LoraEmbedding, nn.Conv1d: LoraConv,
-                nn.Conv2d: LoraConv, nn.Conv3d: LoraConv, nn.MultiheadAttention: LoraMultiheadAttention},
+                nn.Conv2d: LoraConv, nn.Conv3d: LoraConv, nn.MultiheadAttention: LoraMultiheadAttention,
+                nn.Module: LoraParameters},  # the modules holding target_parameters (mixture-of-experts weights)
         combine_adapters=add_weighted_adapter,
         description="LoRA: a trained low-rank update B·A beside each targeted layer (DoRA, rsLoRA, PiSSA options)",
         learning_rate=1e-3,

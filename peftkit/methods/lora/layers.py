@@ -33,6 +33,7 @@ layer in between, or autocast take the plain path.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from dataclasses import field
@@ -52,6 +53,8 @@ from peftkit.core.mixed_batch import put, take
 from peftkit.methods.config_rules import pattern_value, require_positive, require_probability
 from peftkit.methods.lora.dora import DoraVariant, variant_for
 from peftkit.methods.lora.mixed import stacked_update
+from peftkit.methods.lora.parameters import targeted_parameters
+from peftkit.methods.trainable_tokens import TrainableTokensConfig, token_rows
 
 # Module names LoRA targets when a config leaves target_modules unset (peft's choices).
 LORA_DEFAULT_TARGETS = {
@@ -92,8 +95,10 @@ class LoraConfig(TargetedConfig):
     use_dora: bool = False
     init_lora_weights: bool | str = True
     lora_bias: bool = False
+    target_parameters: list[str] | None = None
     rank_pattern: dict[str, int] = field(default_factory=dict)
     alpha_pattern: dict[str, float] = field(default_factory=dict)
+    trainable_token_indices: list[int] | dict[str, list[int]] | None = None  # rows of the embedding that train too
 
     field_aliases = {"rank": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "targets": "target_modules"}
     # Fields peft 0.21 writes whose default is not simply empty; at these values they change nothing.
@@ -123,12 +128,37 @@ class LoraConfig(TargetedConfig):
             require_positive(f"rank_pattern['{pattern}']", value, integer=True)
         for pattern, value in self.alpha_pattern.items():
             require_positive(f"alpha_pattern['{pattern}']", value)
+        if self.trainable_token_indices is not None:
+            token_rows(self.trainable_token_indices, None, "trainable_token_indices")
 
     def rank_for(self, module_name: str) -> int:
         return pattern_value(self.rank_pattern, module_name, self.r)
 
     def alpha_for(self, module_name: str) -> float:
         return pattern_value(self.alpha_pattern, module_name, self.lora_alpha)
+
+    def resolved(self, model) -> LoraConfig:
+        """With ``target_parameters``, the modules holding them are adapted too (``parameters.py``); with only
+        parameters targeted, ``target_modules`` is empty, as peft saves it."""
+        if not self.target_parameters:
+            return super().resolved(model)
+        config = copy.deepcopy(self)
+        if config.target_modules is None:
+            config.target_modules = []
+        config = super(LoraConfig, config).resolved(model)
+        holders = tuple(name for name, module in model.named_modules()
+                        if targeted_parameters(module, name, config.target_parameters))
+        if not holders:
+            raise ConfigError(f"target_parameters={config.target_parameters!r} names no parameter of this model "
+                              f"(give '<module name or suffix>.<parameter>', e.g. 'mlp.experts.gate_up_proj')")
+        config.also_adapted = holders
+        return config
+
+    def companions(self, model) -> list[TrainableTokensConfig]:
+        """peft's ``trainable_token_indices``: these embedding rows train beside LoRA (``trainable_tokens.py``)."""
+        if self.trainable_token_indices is None:
+            return []
+        return token_rows(self.trainable_token_indices, model, "trainable_token_indices")
 
     def scaling_for(self, module_name: str) -> float:
         r, alpha = self.rank_for(module_name), self.alpha_for(module_name)
