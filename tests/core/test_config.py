@@ -11,7 +11,7 @@ from peftkit import ConfigError, LoraConfig
 @pytest.mark.parametrize(
     ("field", "value"),
     [("r", 0), ("r", -2), ("r", 2.5), ("lora_alpha", 0), ("lora_alpha", -1.0), ("lora_dropout", 1.0),
-     ("lora_dropout", -0.1), ("bias", "some"), ("init_lora_weights", "olora"), ("layers_to_transform", [-1])],
+     ("lora_dropout", -0.1), ("bias", "some"), ("init_lora_weights", "loftq"), ("layers_to_transform", [-1])],
 )
 def test_bad_values_raise_a_value_error_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):

@@ -62,3 +62,28 @@ def test_lora_bias_on_a_layer_without_a_bias_refuses_to_merge_and_leaves_the_mod
 def test_lora_bias_refuses_what_peft_refuses(settings, message):
     with pytest.raises(ConfigError, match=message):
         peftkit.LoraConfig(lora_bias=True, **settings)
+
+
+def test_olora_starts_from_the_qr_factors_and_keeps_the_residual_in_the_base():
+    original = tiny_model("llama").model.layers[0].self_attn.q_proj.weight.detach().clone()
+    model = peftkit.get_peft_model(tiny_model("llama"), peftkit.LoraConfig(r=4, lora_alpha=8,
+                                                                           init_lora_weights="olora"))
+    layer = model.get_base_model().model.layers[0].self_attn.q_proj
+    q, upper = torch.linalg.qr(original)
+    assert torch.allclose(layer.lora_B["default"].weight.abs(), q[:, :4].abs(), atol=1e-5)
+    assert torch.allclose(layer.base_layer.weight + layer.delta_weight("default"), original, atol=1e-5)
+    assert torch.allclose(outputs(model), outputs(tiny_model("llama")), atol=1e-5)  # unchanged at the start
+
+
+def test_olora_adapters_round_trip_through_peft(tmp_path):
+    """In float32: peft's OLoRA refuses float64 weights (and, like peftkit, redoes the QR split when loading)."""
+    config = peftkit.LoraConfig(r=4, lora_alpha=8, init_lora_weights="olora", target_modules=["q_proj", "v_proj"])
+    ours = peftkit.get_peft_model(tiny_model("llama"), config)
+    randomize_trainable(ours)
+    expected = outputs(ours)
+    ours.save_pretrained(tmp_path / "ours")
+    theirs = peft.PeftModel.from_pretrained(tiny_model("llama"), tmp_path / "ours").eval()
+    assert torch.allclose(outputs(theirs), expected, atol=1e-5)
+    theirs.save_pretrained(tmp_path / "theirs")
+    back = peftkit.PeftModel.from_pretrained(tiny_model("llama"), tmp_path / "theirs")
+    assert torch.allclose(outputs(back), expected, atol=1e-5)

@@ -85,7 +85,7 @@ class LoraConv(_LoraLayer):
     @classmethod
     def expected_shapes(cls, base_layer: nn.Module, config: LoraConfig, module_name: str) -> dict[str, tuple]:
         init = config.init_lora_weights
-        if isinstance(init, str) and init.startswith("pissa"):
+        if config.init_from_weight:
             raise ConfigError(f"init_lora_weights='{init}' is not defined for {type(base_layer).__name__} "
                               f"'{module_name}' (as in peft); exclude it or use the default init")
         if any(d != 1 for d in base_layer.dilation) or base_layer.padding_mode != "zeros":

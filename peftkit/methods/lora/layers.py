@@ -11,7 +11,8 @@ W (out × in) and bias b:
   pretrained one; ``"gaussian"``: A ~ N(0, 1/r²), B = 0; ``False``: both random (tests only);
   ``"pissa"`` (Meng et al., 2024, "PiSSA: Principal Singular Values and Singular Vectors Adaptation"):
   W = U S Vᵀ, B = U_r √(S_r/s), A = √(S_r/s) V_rᵀ, and the base keeps the residual W − s B A
-  (``"pissa_niter_k"``: randomized SVD with k subspace iterations).
+  (``"pissa_niter_k"``: randomized SVD with k subspace iterations); ``"olora"`` (Büyükakyüz, 2024, "OLoRA:
+  Orthonormal Low-Rank Adaptation of Large Language Models"): W = Q R, B = Q_r, A = R_r, the base keeps W − s B A.
 * DoRA (Liu et al., 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation"): a variant object
   (``dora.py``) that an adapter made with ``use_dora=True`` carries; it rescales the output units by m / n.
 * ``lora_bias=True``: B has a bias c (zero at the start), h = W x + b + s · (B A dropout(x) + c); merging adds
@@ -116,10 +117,10 @@ class LoraConfig(TargetedConfig):
         if self.bias not in ("none", "all", "lora_only"):
             raise ConfigError(f"bias must be 'none', 'all' or 'lora_only', got {self.bias!r}")
         init = self.init_lora_weights
-        if not (isinstance(init, bool) or init == "gaussian" or (isinstance(init, str) and _PISSA.fullmatch(init))):
-            raise ConfigError(
-                f"init_lora_weights must be True, False, 'gaussian', 'pissa' or 'pissa_niter_<k>', got {init!r}"
-            )
+        if not (isinstance(init, bool) or init in ("gaussian", "olora")
+                or (isinstance(init, str) and _PISSA.fullmatch(init))):
+            raise ConfigError(f"init_lora_weights must be True, False, 'gaussian', 'pissa', 'pissa_niter_<k>' or "
+                              f"'olora', got {init!r}")
         if self.lora_bias and self.use_dora:
             raise ConfigError("lora_bias=True cannot be combined with use_dora=True (as in peft)")
         if self.lora_bias and not isinstance(init, bool):
@@ -130,6 +131,12 @@ class LoraConfig(TargetedConfig):
             require_positive(f"alpha_pattern['{pattern}']", value)
         if self.trainable_token_indices is not None:
             token_rows(self.trainable_token_indices, None, "trainable_token_indices")
+
+    @property
+    def init_from_weight(self) -> bool:
+        """Whether A and B start from the base weight, which keeps the residual (PiSSA, OLoRA)."""
+        init = self.init_lora_weights
+        return isinstance(init, str) and (init == "olora" or _PISSA.fullmatch(init) is not None)
 
     def rank_for(self, module_name: str) -> int:
         return pattern_value(self.rank_pattern, module_name, self.r)
@@ -345,6 +352,8 @@ class LoraLinear(_LoraLayer):
         init = config.init_lora_weights
         if isinstance(init, str) and init.startswith("pissa"):
             self._init_pissa(name, r, _PISSA.fullmatch(init).group(1))
+        elif init == "olora":
+            self._init_olora(name, r)
         elif init is not False:
             if init == "gaussian":
                 nn.init.normal_(self.lora_A[name].weight, std=1 / r)
@@ -371,6 +380,19 @@ class LoraLinear(_LoraLayer):
         root = torch.sqrt(s / self.scaling[name])
         self.lora_A[name].weight.copy_(root[:, None] * vh)
         self.lora_B[name].weight.copy_(u * root[None, :])
+        residual = w - self.scaling[name] * self._product(name).float()
+        weight.copy_(self._out_in(residual).to(weight.dtype))
+
+    @torch.no_grad()
+    def _init_olora(self, name: str, r: int) -> None:
+        """OLoRA: W = Q R, B = Q[:, :r], A = R[:r]; the base keeps W − s B A."""
+        weight = self.weight
+        if not weight.dtype.is_floating_point:
+            raise ConfigError("init_lora_weights='olora' needs a float base weight; quantize after initialising")
+        w = self._out_in(weight).float()
+        q, upper = torch.linalg.qr(w)
+        self.lora_A[name].weight.copy_(upper[:r])
+        self.lora_B[name].weight.copy_(q[:, :r])
         residual = w - self.scaling[name] * self._product(name).float()
         weight.copy_(self._out_in(residual).to(weight.dtype))
 
@@ -454,7 +476,7 @@ class LoraEmbedding(_LoraLayer):
 
     @classmethod
     def expected_shapes(cls, base_layer: nn.Embedding, config: LoraConfig, module_name: str) -> dict[str, tuple]:
-        if isinstance(config.init_lora_weights, str) and config.init_lora_weights.startswith("pissa"):
+        if config.init_from_weight:
             raise ConfigError(f"init_lora_weights='{config.init_lora_weights}' is not defined for Embedding "
                               f"'{module_name}'; exclude it or use the default init")
         if config.lora_bias:

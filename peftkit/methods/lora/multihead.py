@@ -51,8 +51,7 @@ class LoraMultiheadAttention(_LoraLayer):
     @classmethod
     def expected_shapes(cls, base_layer: nn.Module, config: LoraConfig, module_name: str) -> dict[str, tuple]:
         refused = {"use_dora=True": config.use_dora, "lora_bias=True": config.lora_bias,
-                   f"init_lora_weights={config.init_lora_weights!r}": isinstance(config.init_lora_weights, str)
-                   and config.init_lora_weights.startswith("pissa"),
+                   f"init_lora_weights={config.init_lora_weights!r}": config.init_from_weight,
                    "key / value widths other than embed_dim": not base_layer._qkv_same_embed_dim}
         for what, present in refused.items():
             if present:

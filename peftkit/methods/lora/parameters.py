@@ -70,8 +70,9 @@ class LoraParameters(AdapterLayer):
         if not parameters:
             raise ConfigError(f"target_modules: '{module_name}' ({type(base_layer).__name__}) is not a module LoRA "
                               f"wraps, and target_parameters names none of its parameters")
-        if config.lora_dropout or config.use_dora or config.lora_bias:
-            raise ConfigError("target_parameters works without lora_dropout, use_dora and lora_bias (as in peft)")
+        if config.lora_dropout or config.use_dora or config.lora_bias or config.init_from_weight:
+            raise ConfigError("target_parameters works without lora_dropout, use_dora, lora_bias and inits from the "
+                              "weight (as in peft)")
         r = config.rank_for(module_name)
         shapes = {}
         for depth, parameter in enumerate(reversed(parameters)):
