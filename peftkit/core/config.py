@@ -33,6 +33,7 @@ from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 from peftkit.core.checkpoint import CONFIG_NAME, read_adapter_config, write_json
 from peftkit.core.errors import ConfigError
 from peftkit.core.field_types import check_field_types
+from peftkit.core.module_roles import role_targets
 
 # Fields peft writes that describe the file, not the computation.
 _METADATA_FIELDS = {"peft_version", "auto_mapping", "peftkit_version"}
@@ -237,6 +238,9 @@ class TargetedConfig(PeftConfig):
 
     # model_type -> target_modules used when a config leaves them unset
     default_targets: ClassVar[dict[str, list[str]]] = {}
+    # On a model type the table does not name: the projections of these roles (core/module_roles.py), found from
+    # the module structure. Query and value by default, peft's most common choice; () for none.
+    default_roles: ClassVar[tuple[str, ...]] = ("query", "value")
     # Modules adapted besides the matched targets — an output layer tied to a target's weight, a module holding a
     # targeted parameter — set on the copy ``resolved`` returns; never saved (peft finds them the same way)
     also_adapted: ClassVar[tuple[str, ...]] = ()
@@ -251,10 +255,13 @@ class TargetedConfig(PeftConfig):
         if config.target_modules is None:
             model_type = getattr(getattr(model, "config", None), "model_type", None)
             config.target_modules = self.default_target_modules(model_type)
+            if config.target_modules is None and self.default_roles:
+                config.target_modules = role_targets(model, self.default_roles) or None
             if config.target_modules is None:
                 raise ConfigError(
-                    f"target_modules is not set and peftkit has no default for model type '{model_type}'; "
-                    f"set target_modules (e.g. 'all-linear')"
+                    f"target_modules is not set and peftkit has no default for model type '{model_type}' (nor "
+                    f"found its {' / '.join(self.default_roles) or 'target'} projections); set target_modules "
+                    f"(e.g. 'all-linear')"
                 )
         return config
 

@@ -36,6 +36,7 @@ class BeftConfig(TargetedConfig):
 
     peft_type = "BEFT"
     default_targets = BEFT_DEFAULT_TARGETS
+    default_roles = ("value",)
     init_weights: bool = True
 
 

@@ -80,6 +80,8 @@ class BottleneckConfig(TargetedConfig):
         if self.parallel_input is not None and self.placement != "parallel":
             raise ConfigError("parallel_input only applies to placement='parallel'")
 
+    default_roles = ()  # its targets are blocks, named per family
+
     def default_target_modules(self, model_type: str | None) -> str | None:
         if model_type not in BLOCKS:
             return None

@@ -22,6 +22,7 @@ from transformers.pytorch_utils import Conv1D
 
 from peftkit.core.config import TargetedConfig, config_dataclass
 from peftkit.core.layer import AdapterLayer
+from peftkit.core.module_roles import role_targets
 from peftkit.core.registry import Method, register_method
 from peftkit.methods.lora import linear_shape
 
@@ -57,6 +58,7 @@ class IA3Config(TargetedConfig):
 
     peft_type = "IA3"
     default_targets = IA3_DEFAULT_TARGETS
+    default_roles = ("key", "value", "mlp_output")
     omit_at_default = ("layers_to_transform", "layers_pattern")
     feedforward_modules: list[str] | str | None = None
     fan_in_fan_out: bool = False
@@ -72,7 +74,9 @@ class IA3Config(TargetedConfig):
         config = super().resolved(model)
         if config.feedforward_modules is None:
             model_type = getattr(getattr(model, "config", None), "model_type", None)
-            config.feedforward_modules = [] if explicit_targets else list(IA3_DEFAULT_FEEDFORWARD[model_type])
+            table = IA3_DEFAULT_FEEDFORWARD.get(model_type)
+            found = list(table) if table is not None else role_targets(model, ("mlp_output",))
+            config.feedforward_modules = [] if explicit_targets else found
         return config
 
     def is_feedforward(self, module_name: str) -> bool:

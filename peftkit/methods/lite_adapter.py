@@ -41,6 +41,7 @@ class LiteAdapterConfig(TargetedConfig):
 
     peft_type = "LITE_ADAPTER"
     default_targets = LITE_DEFAULT_TARGETS
+    default_roles = ("attention_output", "mlp_output")
     r: int = 16
     init_std: float = 0.02
 

@@ -76,6 +76,8 @@ class VlPetConfig(TargetedConfig):
         if not isinstance(self.decoder_scaling, (int, float)):
             raise ConfigError(f"decoder_scaling must be a number, got {self.decoder_scaling!r}")
 
+    default_roles = ()  # its targets are blocks, named per family
+
     def default_target_modules(self, model_type: str | None) -> str | None:
         if model_type not in SUBLAYERS:
             return None
