@@ -82,10 +82,19 @@ quiet_library_logs()
 
 
 def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'peftkit' has no attribute '{name}'")
+    """A name from ``_EXPORTS``, or the config class of any registered method (``LoHaConfig``, as peft names it)."""
+    if name.startswith("__"):
+        raise AttributeError(name)
     load_builtins()
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    else:
+        from peftkit.core.registry import registered_methods
+
+        configs = {method.config_cls.__name__: method.config_cls for method in registered_methods().values()}
+        if name not in configs:
+            raise AttributeError(f"module 'peftkit' has no attribute '{name}'")
+        value = configs[name]
     globals()[name] = value
     return value
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import peft
 import pytest
 import torch
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
 import peftkit
 from peftkit.core.errors import PeftkitError
@@ -107,3 +108,10 @@ def test_a_refused_type_is_refused_in_one_line_naming_it(peft_type, tmp_path):
     with pytest.raises(PeftkitError) as error:
         peftkit.PeftModel.from_pretrained(tiny_model("llama"), folder)
     assert peft_type in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("peft_type", SUPPORTED)
+def test_each_type_s_config_is_reachable_under_peft_s_name(peft_type):
+    """``import peftkit as peft`` then ``peft.LoHaConfig(...)``: every supported type's config, by peft's name."""
+    name = PEFT_TYPE_TO_CONFIG_MAPPING[peft_type].__name__
+    assert getattr(peftkit, name).peft_type == peft_type

@@ -22,13 +22,12 @@ kernel (detached), h = (m/n) ⊙ (W ⋆ x + s B ⋆ A ⋆ x) + b; m (``lora_magn
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from peftkit.core.errors import ConfigError
 from peftkit.methods.lora.dora import DoraVariant
+from peftkit.methods.lora.factors import init_factors
 from peftkit.methods.lora.layers import LoraConfig, _LoraLayer
 
 _CONV_TYPES = {3: nn.Conv1d, 4: nn.Conv2d, 5: nn.Conv3d}  # by the weight's number of dimensions
@@ -119,15 +118,7 @@ class LoraConv(_LoraLayer):
                                  **options)
         self.lora_dropout[name] = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
         self._start_adapter(name, config, module_name)
-        init = config.init_lora_weights
-        if init is not False:
-            if init == "gaussian":
-                nn.init.normal_(self.lora_A[name].weight, std=1 / r)
-            else:
-                nn.init.kaiming_uniform_(self.lora_A[name].weight, a=math.sqrt(5))
-            nn.init.zeros_(self.lora_B[name].weight)
-            if config.lora_bias:
-                nn.init.zeros_(self.lora_B[name].bias)
+        init_factors(self.lora_A[name], self.lora_B[name], config.init_lora_weights, r)
         if name in self.variants:
             self.variants[name] = ConvDoraVariant()
             self.variants[name].init(self, name)

@@ -53,6 +53,7 @@ from peftkit.core.mechanics.quantization import dequantized
 from peftkit.core.mixed_batch import put, take
 from peftkit.methods.config_rules import pattern_value, require_positive, require_probability
 from peftkit.methods.lora.dora import DoraVariant, variant_for
+from peftkit.methods.lora.factors import init_factors
 from peftkit.methods.lora.mixed import stacked_update
 from peftkit.methods.lora.parameters import targeted_parameters
 from peftkit.methods.trainable_tokens import TrainableTokensConfig, token_rows
@@ -354,14 +355,8 @@ class LoraLinear(_LoraLayer):
             self._init_pissa(name, r, _PISSA.fullmatch(init).group(1))
         elif init == "olora":
             self._init_olora(name, r)
-        elif init is not False:
-            if init == "gaussian":
-                nn.init.normal_(self.lora_A[name].weight, std=1 / r)
-            else:
-                nn.init.kaiming_uniform_(self.lora_A[name].weight, a=math.sqrt(5))
-            nn.init.zeros_(self.lora_B[name].weight)
-            if config.lora_bias:
-                nn.init.zeros_(self.lora_B[name].bias)
+        else:
+            init_factors(self.lora_A[name], self.lora_B[name], init, r)
         if name in self.variants:
             self.variants[name].init(self, name)
 

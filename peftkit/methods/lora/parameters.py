@@ -15,14 +15,13 @@ in peft); the update merges into the parameter.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.func import functional_call
 
 from peftkit.core.errors import ConfigError
 from peftkit.core.layer import AdapterLayer
+from peftkit.methods.lora.factors import init_factors
 
 
 def targeted_parameters(module: nn.Module, module_name: str, targets: list[str]) -> list[str]:
@@ -93,9 +92,7 @@ class LoraParameters(AdapterLayer):
             experts, in_features, out_features = expert_shape(self.base, parameter)
             self.lora_A[name][parameter] = nn.Linear(in_features, r * experts, bias=False, **options)
             self.lora_B[name][parameter] = nn.Linear(r * experts, out_features, bias=False, **options)
-            if config.init_lora_weights is not False:
-                nn.init.kaiming_uniform_(self.lora_A[name][parameter].weight, a=math.sqrt(5))
-                nn.init.zeros_(self.lora_B[name][parameter].weight)
+            init_factors(self.lora_A[name][parameter], self.lora_B[name][parameter], config.init_lora_weights, r)
 
     def _nesting(self, name: str) -> list[str]:
         """The adapter's parameters, outermost (the module's last) first."""
