@@ -36,7 +36,7 @@ from peftkit.core.checkpoint import (
     write_tensors,
 )
 from peftkit.core.composition import LearnedComposition, composition_from_dict
-from peftkit.core.config import PeftConfig
+from peftkit.core.config import PeftConfig, reshaped
 from peftkit.core.errors import CheckpointError, ConfigError
 from peftkit.core.mechanics.sharding import whole
 from peftkit.core.modules_to_save import ModulesToSave
@@ -356,10 +356,11 @@ class AdapterFiles:
         config = copy.deepcopy(config) if config is not None else saved_config(folder)
         config.inference_mode = not is_trainable
         tensors, path = read_mapped_weights(folder, key_mapping)
-        the_plan = plan(self.get_base_model(), config)
-        required, optional = self._expected_tensors(the_plan, config)
-        check_tensors(path, tensors, required, optional)
-        self._inject(adapter_name, the_plan)
+        with reshaped(self.get_base_model(), config):
+            the_plan = plan(self.get_base_model(), config)
+            required, optional = self._expected_tensors(the_plan, config)
+            check_tensors(path, tensors, required, optional)
+            self._inject(adapter_name, the_plan)
         if adapter_name in self.prompt_encoder:
             self.prompt_encoder[adapter_name].load_saved(tensors)
             self._mark_trainable()

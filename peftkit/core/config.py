@@ -15,6 +15,7 @@ Two ways in, two levels of strictness:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import difflib
@@ -24,6 +25,7 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -112,6 +114,11 @@ class PeftConfig:
     def resolved(self, model) -> PeftConfig:
         """A copy with the defaults that depend on ``model`` filled in; ``self`` stays as written."""
         return copy.deepcopy(self)
+
+    def reshape_model(self, model) -> Callable[[], None] | None:
+        """Change ``model``'s structure before the adapter's targets are planned (LoRA's ``layer_replication``);
+        returns what puts it back should the adapter fail to go in (None: nothing changed). Nothing by default."""
+        return None
 
     def companions(self, model) -> list[PeftConfig]:
         """Other methods' adapters this one brings along on ``model`` (LoRA's ``trainable_token_indices``: trainable
@@ -283,3 +290,16 @@ class TargetedConfig(PeftConfig):
             indices = [layers] if isinstance(layers, int) else layers
             if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices):
                 raise ConfigError(f"layers_to_transform must hold non-negative layer indices, got {layers!r}")
+
+
+@contextlib.contextmanager
+def reshaped(model, config: PeftConfig) -> Iterator[None]:
+    """``model`` reshaped as ``config`` asks (``PeftConfig.reshape_model``) for what follows, put back if that
+    fails."""
+    undo = config.reshape_model(model)
+    try:
+        yield
+    except BaseException:
+        if undo is not None:
+            undo()
+        raise

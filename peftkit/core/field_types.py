@@ -54,11 +54,17 @@ def describe(annotation: Any) -> str:
         parts = [describe(option) for option in typing.get_args(annotation)]
         return ", ".join(parts[:-1]) + " or " + parts[-1]
     if origin is list:
-        return f"a list of {describe(typing.get_args(annotation)[0]).removeprefix('a ')}s"
+        return f"a list of {_plural(describe(typing.get_args(annotation)[0]).removeprefix('a '))}"
     if origin is dict:
         key, value = typing.get_args(annotation)
         return f"a mapping of {describe(key).removeprefix('a ')} to {describe(value).removeprefix('a ')}"
     return _NAMES.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _plural(phrase: str) -> str:
+    """"whole number" -> "whole numbers", "list of texts" -> "lists of texts"."""
+    head, of, rest = phrase.partition(" of ")
+    return f"{head}s{of}{rest}"
 
 
 @functools.cache

@@ -27,7 +27,7 @@ from transformers.models.auto.modeling_auto import (
 
 from peftkit.core.adapter_files import AdapterFiles, module_key, parameter_key
 from peftkit.core.composition import Composition, LearnedComposition, Parallel, Stack, repeat_batch
-from peftkit.core.config import PeftConfig
+from peftkit.core.config import PeftConfig, reshaped
 from peftkit.core.errors import ConfigError
 from peftkit.core.layer import AdapterLayer, output_width
 from peftkit.core.mechanics.lean import disable_lean_training, enable_lean_training
@@ -270,7 +270,8 @@ class PeftModel(AdapterFiles, PeftModelSurface, RecognisedAsPeft):
         """Add a new adapter (not made active unless it is the first); arguments as ``get_peft_model``'s."""
         del low_cpu_mem_usage
         self._check_new_name(adapter_name)
-        self._inject(adapter_name, plan(self.get_base_model(), peft_config))
+        with reshaped(self.get_base_model(), peft_config):
+            self._inject(adapter_name, plan(self.get_base_model(), peft_config))
         if autocast_adapter_dtype:
             self._upcast_adapter(adapter_name)
 
@@ -537,7 +538,7 @@ class PeftModel(AdapterFiles, PeftModelSurface, RecognisedAsPeft):
             sharing = owners.get(id(getattr(layer.base_layer, "weight", None)), [])
             if len(sharing) > 1 and not layer.merges_tied_weight:
                 raise ConfigError(
-                    f"cannot merge into '{path}': its weight is tied to {', '.join(sharing[1:])}, which would change "
+                    f"cannot merge into '{path}': its weight is shared with {', '.join(sharing[1:])}, which would change "
                     f"too; exclude it from target_modules or untie the weights first"
                 )
         try:

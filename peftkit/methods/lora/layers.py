@@ -56,6 +56,7 @@ from peftkit.methods.lora.dora import DoraVariant, variant_for
 from peftkit.methods.lora.factors import init_factors
 from peftkit.methods.lora.mixed import stacked_update
 from peftkit.methods.lora.parameters import targeted_parameters
+from peftkit.methods.lora.replication import check_layer_map, replicate_layers
 from peftkit.methods.trainable_tokens import TrainableTokensConfig, token_rows
 
 # Module names LoRA targets when a config leaves target_modules unset (peft's choices).
@@ -101,6 +102,7 @@ class LoraConfig(TargetedConfig):
     rank_pattern: dict[str, int] = field(default_factory=dict)
     alpha_pattern: dict[str, float] = field(default_factory=dict)
     trainable_token_indices: list[int] | dict[str, list[int]] | None = None  # rows of the embedding that train too
+    layer_replication: list[list[int]] | None = None  # [start, end) layer ranges stacked, weights shared
 
     field_aliases = {"rank": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "targets": "target_modules"}
     # Fields peft 0.21 writes whose default is not simply empty; at these values they change nothing.
@@ -132,6 +134,8 @@ class LoraConfig(TargetedConfig):
             require_positive(f"alpha_pattern['{pattern}']", value)
         if self.trainable_token_indices is not None:
             token_rows(self.trainable_token_indices, None, "trainable_token_indices")
+        if self.layer_replication is not None:
+            check_layer_map(self.layer_replication)
 
     @property
     def init_from_weight(self) -> bool:
@@ -161,6 +165,11 @@ class LoraConfig(TargetedConfig):
                               f"(give '<module name or suffix>.<parameter>', e.g. 'mlp.experts.gate_up_proj')")
         config.also_adapted = holders
         return config
+
+    def reshape_model(self, model):
+        """peft's ``layer_replication``: the layer stack repeated as the map says, weights shared
+        (``replication.py``)."""
+        return replicate_layers(model, self.layer_replication) if self.layer_replication else None
 
     def companions(self, model) -> list[TrainableTokensConfig]:
         """peft's ``trainable_token_indices``: these embedding rows train beside LoRA (``trainable_tokens.py``)."""
