@@ -538,8 +538,8 @@ class PeftModel(AdapterFiles, PeftModelSurface, RecognisedAsPeft):
             sharing = owners.get(id(getattr(layer.base_layer, "weight", None)), [])
             if len(sharing) > 1 and not layer.merges_tied_weight:
                 raise ConfigError(
-                    f"cannot merge into '{path}': its weight is shared with {', '.join(sharing[1:])}, which would change "
-                    f"too; exclude it from target_modules or untie the weights first"
+                    f"cannot merge into '{path}': its weight is shared with {', '.join(sharing[1:])}, which would "
+                    f"change too; exclude it from target_modules or untie the weights first"
                 )
         try:
             for layer in reversed(layers):  # nested layers first: an outer one acts on their output

@@ -31,7 +31,8 @@ def test_replicated_layers_share_base_weights_and_each_gets_its_own_adapter():
     layers = model.get_base_model().model.layers
     assert len(layers) == 3 and model.get_base_model().config.num_hidden_layers == 3
     assert layers[1].self_attn.q_proj.base_layer.weight is layers[2].self_attn.q_proj.base_layer.weight
-    assert layers[1].self_attn.q_proj.lora_A["default"].weight is not layers[2].self_attn.q_proj.lora_A["default"].weight
+    first, repeat = layers[1].self_attn.q_proj, layers[2].self_attn.q_proj
+    assert first.lora_A["default"].weight is not repeat.lora_A["default"].weight
     assert [layer.self_attn.layer_idx for layer in layers] == [0, 1, 2]
     trainable, total = model.get_nb_trainable_parameters()
     assert trainable == 3 * 2 * (2 * 32 + 2 * 32) - 3 * 2 * 16  # q: 32 -> 32, v: 32 -> 16, three layers
