@@ -262,15 +262,20 @@ class TargetedConfig(PeftConfig):
         if config.target_modules is None:
             model_type = getattr(getattr(model, "config", None), "model_type", None)
             config.target_modules = self.default_target_modules(model_type)
-            if config.target_modules is None and self.default_roles:
-                config.target_modules = role_targets(model, self.default_roles) or None
+            if config.target_modules is None:
+                config.target_modules = self.structure_targets(model) or None
             if config.target_modules is None:
                 raise ConfigError(
                     f"target_modules is not set and peftkit has no default for model type '{model_type}' (nor "
-                    f"found its {' / '.join(self.default_roles) or 'target'} projections); set target_modules "
+                    f"found its {' / '.join(self.default_roles) or 'target'} modules); set target_modules "
                     f"(e.g. 'all-linear')"
                 )
         return config
+
+    def structure_targets(self, model) -> list[str]:
+        """The default targets on a model type no table names, found from the module structure: the projections
+        of ``default_roles``."""
+        return role_targets(model, self.default_roles) if self.default_roles else []
 
     def validate(self) -> None:
         super().validate()

@@ -140,6 +140,12 @@ class AdapterLayer(nn.Module):
         """Of ``names``, the adapters this layer holds and has not merged, in order."""
         return [n for n in names if self.has_adapter(n) and n not in self.merged_adapters]
 
+    @staticmethod
+    def module_input(args: tuple, kwargs: dict) -> torch.Tensor:
+        """The wrapped module's main input: its first argument, or ``hidden_states`` where a block passes it by
+        name (transformers' attention and feed-forward modules)."""
+        return args[0] if args else kwargs["hidden_states"]
+
     def call_base(self, names: list[str], *args, **kwargs):
         """The wrapped module's output; a nested adapter layer applies the same ``names``."""
         if isinstance(self.base_layer, AdapterLayer):

@@ -92,7 +92,7 @@ class MixedBatch:
         return value
 
     def run(self, layer, args: tuple, kwargs: dict):
-        x, rest = args[0], args[1:]
+        x = layer.module_input(args, kwargs)
         if x.shape[0] != self.batch:
             raise ConfigError(f"adapter_names has {self.batch} entries, but the batch has {x.shape[0]} rows")
         groups = [(name if name != BASE_MODEL and holds(layer, name) else None, rows) for name, rows in self.groups]
@@ -107,12 +107,11 @@ class MixedBatch:
         captured = getattr(layer, "block_input", None)  # another module's input, read for this pass (VL-PET)
         try:
             for name, rows in groups:
-                own_rest = [self._rows_of(value, rows) for value in rest]
+                own_args = [self._rows_of(value, rows) for value in args]
                 own_kwargs = {key: self._rows_of(value, rows) for key, value in kwargs.items()}
                 if captured is not None:
                     layer.block_input = self._rows_of(captured, rows)
-                outputs.append((rows, layer.apply_adapters([name] if name else [], take(x, rows), *own_rest,
-                                                           **own_kwargs)))
+                outputs.append((rows, layer.apply_adapters([name] if name else [], *own_args, **own_kwargs)))
         finally:
             if captured is not None:
                 layer.block_input = captured

@@ -59,9 +59,12 @@ def module_roles(model: nn.Module) -> dict[str, list[str]]:
     """Role → the names of the projections that play it, in the model's order (a fused projection under several)."""
     roles: dict[str, list[str]] = {role: [] for role in ROLES}
     heads = output_heads(model)
+    seen = set()
     for name, module in model.named_modules():
-        if not isinstance(unwrapped(module), (nn.Linear, Conv1D)) or name in heads or ".base_layer" in name:
+        name = name.replace(".base_layer", "")  # as the model's own path, inside a block an adapter wraps
+        if not isinstance(unwrapped(module), (nn.Linear, Conv1D)) or name in heads or name in seen:
             continue
+        seen.add(name)
         parents = name.split(".")[:-1]
         leaf = name.rsplit(".", 1)[-1]
         kind = _block_kind(parents)
@@ -79,5 +82,26 @@ def module_roles(model: nn.Module) -> dict[str, list[str]]:
 def role_targets(model: nn.Module, wanted: tuple[str, ...]) -> list[str]:
     """The projections playing any of the ``wanted`` roles, each once, in the model's order."""
     roles = module_roles(model)
-    found = {name for role in wanted for name in roles[role]}
+    return in_model_order(model, [name for role in wanted for name in roles[role]])
+
+
+def in_model_order(model: nn.Module, names: list[str]) -> list[str]:
+    """``names`` (module paths) each once, in the order of ``model.named_modules()``."""
+    found = set(names)
     return [name for name, _ in model.named_modules() if name in found]
+
+
+def sublayers(model: nn.Module) -> dict[str, list[str]]:
+    """The sub-layers of each transformer block, as modules with the block's input and output before the residual:
+    "attention" (the module holding each attention output projection, e.g. ``self_attn``) and "feed_forward" (the
+    outermost feed-forward module above each feed-forward output projection: ``mlp``, or a mixture-of-experts
+    block's ``mlp`` around its experts)."""
+    roles = module_roles(model)
+    attention = [name.rpartition(".")[0] for name in roles["attention_output"]]
+    feed_forward = []
+    for name in roles["mlp_output"]:
+        parts = name.split(".")[:-1]
+        while len(parts) > 1 and _FEED_FORWARD_BLOCK.search(parts[-2]):
+            parts.pop()
+        feed_forward.append(".".join(parts))
+    return {"attention": in_model_order(model, attention), "feed_forward": in_model_order(model, feed_forward)}

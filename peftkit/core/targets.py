@@ -56,6 +56,7 @@ class Plan:
     modules: list[PlannedModule] = field(default_factory=list)
     shared_shapes: dict[str, tuple] = field(default_factory=dict)  # the adapter's model-level tensors, by saved key
     shared_parameters: int = 0  # of those, the parameters it trains
+    skipped: dict[str, str] = field(default_factory=dict)  # 'all-linear' modules the method cannot fit -> why
 
     @property
     def new_parameters(self) -> int:
@@ -68,6 +69,7 @@ class Plan:
         if self.shared_shapes or self.shared_parameters:
             lines.append(f"{'(model-level)':<{width}}  {'':<12} {'shared':<6} {self.shared_parameters:>12,}")
         share = 100.0 * self.new_parameters / max(self.model_parameters, 1)
+        lines += [f"skipped {name}: {reason}" for name, reason in self.skipped.items()]
         lines.append(
             f"{self.method}: {len(self.modules)} modules, {self.new_parameters:,} new parameters "
             f"({share:.4f}% of the model's {self.model_parameters:,})"
@@ -81,12 +83,13 @@ def plan(model: nn.Module, config: PeftConfig) -> Plan:
     base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
     config = config.resolved(base)
     saved = _saved_modules(base, config)
+    skipped: dict[str, str] = {}
     if method.prompt_cls is not None:
         modules = [_prompt_module(base, config, method.prompt_cls)] + saved
     else:
-        modules = _adapted_modules(base, config, method, [m.name for m in saved]) + saved
+        modules = _adapted_modules(base, config, method, [m.name for m in saved], skipped) + saved
     own = sum(p.numel() for n, p in base.named_parameters() if not inside_adapter_container(base, n))
-    the_plan = Plan(method=method.name, config=config, model_parameters=own, modules=modules)
+    the_plan = Plan(method=method.name, config=config, model_parameters=own, modules=modules, skipped=skipped)
     if method.shared is not None:
         _plan_shared(base, the_plan, method.shared)
     the_plan.modules += _companion_modules(base, config, method, {m.name for m in modules})
@@ -170,8 +173,11 @@ def layer_index(name: str, layers_pattern: list[str] | str | None) -> int | None
 
 
 def _adapted_modules(
-    model: nn.Module, config: PeftConfig, method: Method, saved: list[str]
+    model: nn.Module, config: PeftConfig, method: Method, saved: list[str], skipped: dict[str, str]
 ) -> list[PlannedModule]:
+    """The modules the config wraps. Under 'all-linear' or 'all' (no module named), a module whose shape the
+    method cannot fit (a width its block size does not divide) is left out, with the reason in ``skipped``;
+    a module named in ``target_modules`` that does not fit is an error."""
     if not isinstance(config, TargetedConfig):
         return []
     candidates = candidate_modules(model)
@@ -205,7 +211,13 @@ def _adapted_modules(
                 f"target_modules: '{name}' already holds a {type(module).__name__}; a method that trains whole copies "
                 f"of a module cannot share it with another method"
             )
-        shapes = layer_cls.expected_shapes(base, config, name)
+        try:
+            shapes = layer_cls.expected_shapes(base, config, name)
+        except ConfigError as error:
+            if targets not in (ALL_LINEAR, ALL):
+                raise
+            skipped[name] = str(error)
+            continue
         trainable = layer_cls.planned_trainable(base, config, name)
         if trainable is None and layer_cls.frozen_attributes:  # saved, not trained
             trained = {k: s for k, s in shapes.items() if k.split(".")[0] not in layer_cls.frozen_attributes}
@@ -216,6 +228,9 @@ def _adapted_modules(
             f"target_modules matched modules that {method.name} cannot wrap: {', '.join(unsupported[:5])}; "
             f"{method.name} wraps {method.supported_types()}"
         )
+    if not planned and skipped:
+        raise ConfigError(f"{method.name} fits none of the {len(skipped)} modules {targets!r} matches; "
+                          f"{next(iter(skipped.values()))}")
     return planned
 
 

@@ -139,7 +139,7 @@ class AdaptionPromptLayer(AdapterLayer):
         own = self.own(names)
         if not own:
             return outputs
-        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        hidden = self.module_input(args, kwargs)
         attended = outputs[0]
         for name in own:
             attended = attended + self.prompt_output(name, hidden, kwargs).to(attended.dtype)
@@ -154,7 +154,7 @@ class AdaptionPromptLayer(AdapterLayer):
         """Each row with its own adapter: the attention once for the batch, then each group's prompt output (the
         attention's cache and inputs arrive by keyword, so the generic row split does not fit)."""
         outputs = self.base_layer(*args, **kwargs)
-        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        hidden = self.module_input(args, kwargs)
         attended = outputs[0].clone()
         for name, rows in mixed.groups:
             if not self.own([name]):

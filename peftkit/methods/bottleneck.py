@@ -20,6 +20,8 @@ module's input, it cannot be merged and says so.
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -28,6 +30,7 @@ from peftkit.core.block_input import ReadsBlockInput
 from peftkit.core.config import TargetedConfig, config_dataclass
 from peftkit.core.errors import ConfigError
 from peftkit.core.layer import output_width
+from peftkit.core.module_roles import in_model_order, role_targets, sublayers
 from peftkit.core.registry import Method, register_method
 from peftkit.methods.lora import linear_shape
 
@@ -37,6 +40,7 @@ PLACEMENTS = ("houlsby", "pfeiffer", "parallel")
 
 # model_type -> (attention block output, feed-forward block output, feed-forward block for parallel,
 #                module whose input is the feed-forward block's input when that block has no module)
+_CROSS_ATTENTION = re.compile(r"encdec|cross|encoder_attn", re.IGNORECASE)
 BLOCKS = {
     "bert": (r".*\.attention\.output\.dense", r".*\.layer\.\d+\.output\.dense", r".*\.layer\.\d+\.output\.dense",
              "intermediate"),
@@ -80,7 +84,7 @@ class BottleneckConfig(TargetedConfig):
         if self.parallel_input is not None and self.placement != "parallel":
             raise ConfigError("parallel_input only applies to placement='parallel'")
 
-    default_roles = ()  # its targets are blocks, named per family
+    default_roles = ("attention_output", "mlp_output")  # on a family BLOCKS does not name: see structure_targets
 
     def default_target_modules(self, model_type: str | None) -> str | None:
         if model_type not in BLOCKS:
@@ -89,12 +93,20 @@ class BottleneckConfig(TargetedConfig):
         return {"houlsby": f"{attention}|{feed_forward}", "pfeiffer": feed_forward, "parallel": parallel}[
             self.placement]
 
+    def structure_targets(self, model) -> list[str]:
+        """Houlsby: each attention output projection and feed-forward block; Pfeiffer and parallel: each
+        feed-forward block (a parallel adapter reads the block's own input)."""
+        found = sublayers(model)
+        attention = role_targets(model, ("attention_output",)) if self.placement == "houlsby" else []
+        attention = [name for name in attention if not _CROSS_ATTENTION.search(name)]  # Houlsby: self-attention
+        return in_model_order(model, attention + found["feed_forward"])
+
     def resolved(self, model) -> BottleneckConfig:
         explicit_targets = self.target_modules is not None
         config = super().resolved(model)
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         if config.placement == "parallel" and config.parallel_input is None and not explicit_targets:
-            source = BLOCKS[model_type][3]
+            source = BLOCKS[model_type][3] if model_type in BLOCKS else None
             config.parallel_input = [source] if source else None
         if config.scaling is None:
             config.scaling = 4.0 if config.placement == "parallel" else 1.0
@@ -230,15 +242,17 @@ class BottleneckLayer(ReadsBlockInput):
             return settings.scaling * self.bottleneck[name](source)
         return settings.scaling * self.bottleneck[name](h)
 
-    def apply_adapters(self, names: list[str], x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        result = self.call_base(names, x, *args, **kwargs)
+    def apply_adapters(self, names: list[str], *args, **kwargs) -> torch.Tensor:
+        x = self.module_input(args, kwargs)
+        result = self.call_base(names, *args, **kwargs)
         for name in self.own(names):
             result = result + self._change(name, x, result)
         return result
 
-    def adapter_deltas(self, names: list[str], x: torch.Tensor, *args, **kwargs):
+    def adapter_deltas(self, names: list[str], *args, **kwargs):
         """The block's output once, and each adapter's change to it."""
-        base_output = self.call_base([], x, *args, **kwargs)
+        x = self.module_input(args, kwargs)
+        base_output = self.call_base([], *args, **kwargs)
         return base_output, torch.stack([self._change(name, x, base_output) for name in names])
 
 

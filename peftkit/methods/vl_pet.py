@@ -33,7 +33,9 @@ from torch import nn
 from peftkit.core.block_input import ReadsBlockInput
 from peftkit.core.config import TargetedConfig, config_dataclass
 from peftkit.core.errors import ConfigError
-from peftkit.core.layer import output_width
+from peftkit.core.layer import AdapterLayer, output_width
+from peftkit.core.mixed_batch import put, take
+from peftkit.core.module_roles import in_model_order, sublayers
 from peftkit.core.registry import Method, register_method
 from peftkit.core.targets import name_matches
 
@@ -76,12 +78,17 @@ class VlPetConfig(TargetedConfig):
         if not isinstance(self.decoder_scaling, (int, float)):
             raise ConfigError(f"decoder_scaling must be a number, got {self.decoder_scaling!r}")
 
-    default_roles = ()  # its targets are blocks, named per family
+    default_roles = ("attention_output", "mlp_output")  # on a family SUBLAYERS does not name: structure_targets
 
     def default_target_modules(self, model_type: str | None) -> str | None:
         if model_type not in SUBLAYERS:
             return None
         return "|".join(p for p in (SUBLAYERS[model_type][0], SUBLAYERS[model_type][1], SUBLAYERS[model_type][3]) if p)
+
+    def structure_targets(self, model) -> list[str]:
+        """Each attention and feed-forward sub-layer, found from the module structure (``module_roles``)."""
+        found = sublayers(model)
+        return in_model_order(model, found["attention"] + found["feed_forward"])
 
     def resolved(self, model) -> VlPetConfig:
         explicit_targets = self.target_modules is not None
@@ -220,17 +227,34 @@ class VlPetLayer(ReadsBlockInput):
         if source is not None:
             self.read_input_at(model, module_name, [source], "block_input")
 
-    def apply_adapters(self, names: list[str], x: torch.Tensor, *args, **kwargs):
-        output = self.call_base(names, x, *args, **kwargs)
+    def apply_adapters(self, names: list[str], *args, **kwargs):
+        x = self.module_input(args, kwargs)
+        output = self.call_base(names, *args, **kwargs)
         h, rest = (output[0], output[1:]) if isinstance(output, tuple) else (output, None)
+        source = x if self.block_input is None else self.block_input[self.rows]
         for name in self.own(names):
-            module = self.vl_pet[name]
-            if isinstance(module, ValueAdapter):
-                h = h + module(x)
-            else:
-                source = x if self.block_input is None else self.block_input[self.rows]
-                h = module(source, h)
+            h = self._adapted(name, x, source, h)
         return h if rest is None else (h, *rest)
+
+    def _adapted(self, name: str, x: torch.Tensor, source: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        module = self.vl_pet[name]
+        return h + module(x) if isinstance(module, ValueAdapter) else module(source, h)
+
+    def apply_mixed(self, mixed, groups: list, *args, **kwargs):
+        """Rows with different adapters: the sub-layer once for the whole batch (an attention's key / value cache
+        updated once), then each group's module on its rows. Under another method's layer: the generic pass."""
+        del mixed
+        if isinstance(self.base_layer, AdapterLayer):
+            return None
+        x = self.module_input(args, kwargs)
+        output = self.base_layer(*args, **kwargs)
+        h, rest = (output[0], output[1:]) if isinstance(output, tuple) else (output, None)
+        source = x if self.block_input is None else self.block_input[self.rows]
+        result = h.clone()
+        for name, rows in groups:
+            if name is not None:
+                put(result, rows, self._adapted(name, take(x, rows), take(source, rows), take(h, rows)))
+        return result if rest is None else (result, *rest)
 
 
 register_method(Method(name="vl_pet", config_cls=VlPetConfig, layers={nn.Module: VlPetLayer},

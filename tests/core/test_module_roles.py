@@ -11,8 +11,9 @@ from transformers import T5Config, T5ForConditionalGeneration
 import peftkit
 from peftkit.core.errors import ConfigError
 from peftkit.core.module_names import name_matches
-from peftkit.core.module_roles import role_targets
+from peftkit.core.module_roles import role_targets, sublayers
 from peftkit.core.targets import plan
+from peftkit.methods.bottleneck import BLOCKS
 from peftkit.methods.ia3 import IA3_DEFAULT_TARGETS
 from peftkit.methods.lite_adapter import LITE_DEFAULT_TARGETS
 from peftkit.methods.lora import LORA_DEFAULT_TARGETS
@@ -67,3 +68,27 @@ def test_a_model_without_attention_or_feed_forward_blocks_is_refused_in_one_line
     with pytest.raises(ConfigError, match="no default for model type 'None'.*set target_modules") as error:
         plan(model, peftkit.LoraConfig(r=2))
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "t5"])
+def test_the_sub_layers_found_are_the_bottleneck_table_s_blocks(kind):
+    model = model_of(kind)
+    attention, feed_forward, _, _ = BLOCKS[model.config.model_type]
+    config = peftkit.BottleneckConfig(placement="houlsby")
+    assert config.structure_targets(model) == table_hits(model, f"{attention}|{feed_forward}")
+
+
+def test_the_feed_forward_sub_layer_of_a_mixture_of_experts_block_is_the_whole_block():
+    model = tiny_model("deepseek")
+    found = sublayers(model)
+    assert found["attention"] == ["model.layers.0.self_attn", "model.layers.1.self_attn"]
+    assert found["feed_forward"] == ["model.layers.0.mlp", "model.layers.1.mlp"]  # layer 1: experts + shared expert
+
+
+@pytest.mark.parametrize("method", ["bottleneck", "vl_pet"])
+@pytest.mark.parametrize("kind", ["deepseek", "nemotron"])
+def test_block_adapters_find_their_sub_layers_on_a_new_family(method, kind):
+    config = {"bottleneck": peftkit.BottleneckConfig(placement="houlsby"), "vl_pet": peftkit.VlPetConfig()}[method]
+    attention = "self_attn.o_proj" if method == "bottleneck" else "self_attn"
+    names = [m.name for m in plan(tiny_model(kind), config).modules]
+    assert names == [f"model.layers.{i}.{sub}" for i in (0, 1) for sub in (attention, "mlp")]
