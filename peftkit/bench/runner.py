@@ -131,10 +131,11 @@ def worker_environment(settings: BenchSettings) -> dict:
     return env
 
 
-def check_bench(rows: list[BenchRow], settings: BenchSettings, seeds: list[int]) -> None:
+def check_bench(rows: list[BenchRow], settings: BenchSettings, seeds: list[int]) -> dict[str, str]:
     """Every row checked before the first runs: the budget's values, the data files and columns, the model
     folder, each method, its options and the modules they hit (planned on the model, changing nothing); a
-    ``ConfigError`` naming the row otherwise."""
+    ``ConfigError`` naming the row otherwise. A method at its defaults that does not apply to this model
+    (LLaMA-Adapter on an encoder) is no error: its row says why (returned: row label -> reason)."""
     from peftkit.core.pretrained import load_sequence_classifier
     from peftkit.core.targets import plan
     from peftkit.recipes.classification import load_task_data
@@ -144,14 +145,21 @@ def check_bench(rows: list[BenchRow], settings: BenchSettings, seeds: list[int])
         raise ConfigError(f"threads (--threads) must be a whole number ≥ 1, got {settings.threads!r}")
     data = load_task_data(TrainOptions(**job_input(Job(rows[0], seeds[0]), settings)["options"]))
     _, model = load_sequence_classifier(data.model_dir, data.labels.names)
+    inapplicable = {}
     for row in rows:
         try:
             options = TrainOptions(**job_input(Job(row, seeds[0]), settings)["options"])
             config = recipe_config(options, "SEQ_CLS", data.model_dir, data.labels.names)
+        except ConfigError as exc:
+            raise ConfigError(f"bench row '{row.label}': {exc}") from None
+        try:
             if config is not None:
                 plan(model, config)
         except ConfigError as exc:
-            raise ConfigError(f"bench row '{row.label}': {exc}") from None
+            if row.options:
+                raise ConfigError(f"bench row '{row.label}': {exc}") from None
+            inapplicable[row.label] = f"does not apply to this model: {exc}"
+    return inapplicable
 
 
 def not_runnable(job: Job) -> str | None:
@@ -169,10 +177,12 @@ def not_runnable(job: Job) -> str | None:
     return None
 
 
-def run_job(job: Job, settings: BenchSettings, worker: WorkerProcess, log: Path, steps: tqdm) -> dict:
-    """Run one job in ``worker``, following its steps on ``steps``; its record."""
+def run_job(job: Job, settings: BenchSettings, worker: WorkerProcess, log: Path, steps: tqdm,
+            inapplicable: str | None = None) -> dict:
+    """Run one job in ``worker``, following its steps on ``steps``; its record (``inapplicable``: why the
+    method does not apply to the model, so it is not run)."""
     started = time.perf_counter()
-    result = {"error": reason} if (reason := not_runnable(job)) else None
+    result = {"error": reason} if (reason := inapplicable or not_runnable(job)) else None
     if result is None:
         result = worker.run(job_input(job, settings), log, steps)
     return {"row": job.row.label, "method": job.row.method, "options": job.row.options, "seed": job.seed,
@@ -246,7 +256,7 @@ def run_bench(rows: list[BenchRow], settings: BenchSettings, seeds: list[int], o
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda: this machine has no CUDA device")
     output = Path(output)
-    check_bench(rows, settings, seeds)
+    inapplicable = check_bench(rows, settings, seeds)
     check_settings(output, settings)
     started = time.perf_counter()
     jobs = bench_jobs(rows, seeds, vs_peft)
@@ -264,7 +274,8 @@ def run_bench(rows: list[BenchRow], settings: BenchSettings, seeds: list[int], o
             else:
                 with tqdm(desc=job.title, unit="step", position=1, leave=False, file=sys.stderr,
                           dynamic_ncols=True, mininterval=0.5 if interactive else 30, disable=not interactive) as steps:
-                    record = run_job(job, settings, worker, output / "logs" / f"{job.name}.log", steps)
+                    record = run_job(job, settings, worker, output / "logs" / f"{job.name}.log", steps,
+                                     inapplicable.get(job.row.label))
                 record_file.parent.mkdir(exist_ok=True)
                 write_atomically(record_file, record)
                 outcome = record["error"] if "error" in record else f"score {record['score']:.4f}"

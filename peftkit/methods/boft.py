@@ -143,7 +143,7 @@ class BOFTLinear(InputRotationLayer):
         self.dropouts.pop(name, None)
 
 
-register_method(Method(name="boft", config_cls=BOFTConfig, layers=rotation_layers(BOFTLinear), learning_rate=1e-3,
+register_method(Method(name="boft", config_cls=BOFTConfig, layers=rotation_layers(BOFTLinear), learning_rate=1e-2,
                        peft_module_types=(nn.Linear,),
                        train_defaults={"boft_block_size": 4, "target_modules": "all-linear"},
                        description="BOFT: butterfly products of orthogonal block rotations of each layer's input, "

@@ -124,5 +124,7 @@ class DeloraLinear(WeightDeltaLayer):
 
 register_method(Method(name="delora", config_cls=DeloraConfig, layers=weight_layers(DeloraLinear), learning_rate=1e-2,
                        peft_module_types=(nn.Linear,),
-                       train_defaults={"r": 8, "delora_lambda": 15, "target_modules": "all-linear"},
+                       # λ bounds ‖ΔW‖ / ‖W‖ · r: peft's 15 left a small encoder at the majority class (SST-2,
+                       # 50 steps: 0.509 at lr 1e-3 to 5e-2); 1 reached 0.822
+                       train_defaults={"r": 8, "delora_lambda": 1.0, "target_modules": "all-linear"},
                        description="DeLoRA: a normalised low-rank update whose strength is one trained bound λ"))

@@ -127,6 +127,6 @@ class HiraLinear(WeightDeltaLayer):
         self.dropout.pop(name, None)
 
 
-register_method(Method(name="hira", config_cls=HiraConfig, layers=weight_layers(HiraLinear), learning_rate=1e-3,
+register_method(Method(name="hira", config_cls=HiraConfig, layers=weight_layers(HiraLinear), learning_rate=1e-2,
                        train_defaults={"r": 8, "target_modules": "all-linear"},
                        description="HiRA: the frozen weight scaled entrywise by a low-rank product (high rank)"))

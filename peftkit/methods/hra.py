@@ -97,7 +97,7 @@ class HRALinear(InputRotationLayer):
         self.gram_schmidt.pop(name, None)
 
 
-register_method(Method(name="hra", config_cls=HRAConfig, layers=rotation_layers(HRALinear), learning_rate=1e-3,
+register_method(Method(name="hra", config_cls=HRAConfig, layers=rotation_layers(HRALinear), learning_rate=1e-2,
                        peft_module_types=(nn.Linear,),
                        train_defaults={"r": 8, "target_modules": "all-linear"},
                        description="HRA: a chain of Householder reflections multiplying each layer's weight"))

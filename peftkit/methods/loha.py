@@ -59,7 +59,7 @@ class LoHaLinear(LycorisLayer):
         return (self.hada_w1_a[name] @ self.hada_w1_b[name]) * (self.hada_w2_a[name] @ self.hada_w2_b[name])
 
 
-register_method(Method(name="loha", config_cls=LoHaConfig, layers=weight_layers(LoHaLinear), learning_rate=2e-3,
+register_method(Method(name="loha", config_cls=LoHaConfig, layers=weight_layers(LoHaLinear), learning_rate=1e-2,
                        peft_module_types=(nn.Linear,),
                        train_defaults={"r": 8, "alpha": 16, "target_modules": "all-linear"},
                        description="LoHa: a Hadamard product of two low-rank products as the weight update"))

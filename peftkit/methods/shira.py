@@ -94,7 +94,7 @@ class ShiraLinear(WeightDeltaLayer):
         return dense.index_put((rows, columns), values * self.scaling[name], accumulate=True)
 
 
-register_method(Method(name="shira", config_cls=ShiraConfig, layers=weight_layers(ShiraLinear), learning_rate=2e-4,
+register_method(Method(name="shira", config_cls=ShiraConfig, layers=weight_layers(ShiraLinear), learning_rate=2e-3,
                        peft_module_types=(nn.Linear,),
                        train_defaults={"r": 8, "target_modules": "all-linear"},
                        description="SHiRA: trained values on a fixed random sparse set of weight entries (high rank)"))

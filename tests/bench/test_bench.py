@@ -56,6 +56,15 @@ def test_bench_refuses_a_bad_row_before_running_any(methods, options, named, mod
     assert not output.exists()  # refused before the first row ran
 
 
+def test_a_method_that_does_not_apply_to_the_model_gets_its_reason_in_its_row(model_dir, data, tmp_path):
+    output = tmp_path / "bench"
+    assert main(bench_args(model_dir, data, output, "--methods", "adaption_prompt,ia3")) == 0
+    rows = summaries(output)
+    assert rows["ia3", "peftkit"]["score"] >= 0
+    assert rows["adaption_prompt", "peftkit"]["error"].startswith(
+        "does not apply to this model: adaption prompts need a llama, mistral, gpt2 model, not 'bert'")
+
+
 @pytest.mark.parametrize("flag, value, named", [
     ("--max-steps", "0", "max_steps (--max-steps) must be a whole number ≥ 1"),
     ("--batch-size", "0", "batch_size (--batch-size) must be a whole number ≥ 1"),
