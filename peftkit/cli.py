@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -404,7 +405,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     title = (f"peftkit bench: {display_name(model_dir)} on {args.train or 'SST-2 (bundled)'}, {budget} of "
              f"{settings.batch_size}, {settings.max_length} tokens, seeds {','.join(map(str, seeds))}, "
              f"{settings.device}")
-    files = write_report(run, environment(settings), Path(args.output), title)
+    files = write_report(run, environment(settings), Path(args.output), title, shlex.join(["peftkit", *args.argv]))
     print(files[1].read_text())
     print(f"raw measurements, table and plots: {', '.join(str(f) for f in files)}")
     return 0
@@ -560,6 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)  # --help and --version end here, before torch is imported
+        args.argv = sys.argv[1:] if argv is None else list(argv)
     except SystemExit as end:  # --help, --version (0) or a flag argparse refuses (2, one line)
         return end.code
     warnings.filterwarnings("ignore", category=FutureWarning)

@@ -135,15 +135,19 @@ def plot(summaries: list[dict], folder: Path, title: str) -> list[Path]:
     return files
 
 
-def write_report(run, environment: dict, output: Path, title: str) -> list[Path]:
-    """``bench.json`` (settings, environment, every record, the summaries), ``bench.md`` and the plots."""
+def write_report(run, environment: dict, output: Path, title: str, command: str) -> list[Path]:
+    """``bench.json`` (the command, date, settings, environment, every record, the summaries), ``bench.md`` and
+    the plots."""
     import dataclasses
+    import datetime
 
     from peftkit.bench.runner import write_atomically
 
     summaries = summarise(run.records)
     table = markdown_table(summaries)
-    write_atomically(output / "bench.json", {"title": title, "settings": dataclasses.asdict(run.settings),
+    write_atomically(output / "bench.json", {"title": title, "command": command,
+                                              "date": datetime.date.today().isoformat(),
+                                              "settings": dataclasses.asdict(run.settings),
                                               "seeds": run.seeds, "environment": environment,
                                               "seconds": run.seconds, "summary": summaries, "runs": run.records})
     (output / "bench.md").write_text(f"{title}\n\n{table}")

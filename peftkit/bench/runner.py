@@ -148,11 +148,13 @@ def check_bench(rows: list[BenchRow], settings: BenchSettings, seeds: list[int])
     inapplicable = {}
     for row in rows:
         try:
+            if row.method != FULL_FINE_TUNING:
+                method_form(row.method)
             options = TrainOptions(**job_input(Job(row, seeds[0]), settings)["options"])
-            config = recipe_config(options, "SEQ_CLS", data.model_dir, data.labels.names)
         except ConfigError as exc:
             raise ConfigError(f"bench row '{row.label}': {exc}") from None
         try:
+            config = recipe_config(options, "SEQ_CLS", data.model_dir, data.labels.names)
             if config is not None:
                 plan(model, config)
         except ConfigError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -25,10 +26,12 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from peftkit import methods  # noqa: F401  (registers the built-in methods the recipes look up by name)
 from peftkit.core.checkpoint import CONFIG_NAME, read_json, write_json
 from peftkit.core.errors import CheckpointError, ConfigError
-from peftkit.core.mechanics.quantization import quantize_nf4
+from peftkit.core.mechanics.quantization import is_nf4, quantize_nf4
 from peftkit.core.mechanics.sharding import process_count, shard_loaded
+from peftkit.core.module_names import output_heads
 from peftkit.core.peft_model import PeftModel, get_peft_model
 from peftkit.core.registry import canonical_name, default_learning_rate, method_form
+from peftkit.core.targets import inside_adapter_container
 from peftkit.recipes.checkpoints import TrainingCheckpoints, last_checkpoint
 from peftkit.recipes.option_rules import check_options
 from peftkit.recipes.output_paths import CHECKPOINTS, check_output
@@ -249,11 +252,32 @@ def with_method(model: torch.nn.Module, method: str, config, sharded: bool = Fal
     adapter unless ``config`` is None (full fine-tuning). ``sharded`` (FSDP): a model loaded whole to be
     quantised is sharded over the processes here, after quantising (``core/mechanics/sharding.py``)."""
     quantization = base_quantization(method)
-    quantize_base(model, quantization)
-    wrapped = model if config is None else get_peft_model(model, config)
+    if getattr(config, "init_lora_weights", None) == "loftq":
+        wrapped = _with_loftq(model, config, quantization)
+    else:
+        quantize_base(model, quantization)
+        wrapped = model if config is None else get_peft_model(model, config)
     if sharded and quantization is not None:
         shard_loaded(model)
     return wrapped, quantization
+
+
+def _with_loftq(model: torch.nn.Module, config, quantization: str | None) -> torch.nn.Module:
+    """LoRA with LoftQ's initialisation: it picks the 4-bit weights of the layers it adapts; every other linear
+    layer is then stored in NF4 as QLoRA stores it (the output head stays in float)."""
+    if quantization != "nf4":
+        raise ConfigError("init_lora_weights='loftq' makes the base 4-bit: use it with --method qlora")
+    if config.loftq_config["loftq_iter"] != 1:
+        raise ConfigError("loftq_iter must be 1 here: an adapter is loaded on the model's weights quantised as "
+                          "QLoRA does, which is LoftQ's base only after one iteration")
+    wrapped = get_peft_model(model, config)
+    heads = output_heads(model)
+    rest = [name for name, module in model.named_modules()
+            if type(module) is torch.nn.Linear and not is_nf4(module.weight) and name not in heads
+            and not inside_adapter_container(model, f"{name}.weight")]
+    if rest:
+        quantize_nf4(model, "|".join(re.escape(name) for name in rest))
+    return wrapped
 
 
 def loads_sharded(options: TrainOptions) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -110,8 +111,11 @@ def test_bench_rows_reasons_peft_twins_and_files(model_dir, data, tmp_path, caps
     assert table.count("\n| ") == 1 + len(rows)
     for plot in ("score_vs_parameters.png", "score_vs_memory.png"):
         assert (output / plot).read_bytes().startswith(PNG)
-    environment = json.loads((output / "bench.json").read_text())["environment"]
+    saved = json.loads((output / "bench.json").read_text())
+    environment = saved["environment"]
     assert environment["device"] == "cpu" and environment["threads"] == 1 and "torch" in environment["versions"]
+    assert saved["command"].startswith("peftkit bench --model ") and saved["command"].endswith("--vs-peft")
+    assert saved["date"] == datetime.date.today().isoformat()
     assert "| lora r=2 | peft |" in capsys.readouterr().out
 
 

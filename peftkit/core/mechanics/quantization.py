@@ -73,6 +73,13 @@ class QuantizationReport:
                 f"{self.nf4_bytes / 2**20:.1f} MiB ({self.ratio:.3f}x); {len(self.skipped)} left in float")
 
 
+def nf4_codes(weight: torch.Tensor, block_size: int = BLOCK_SIZE):
+    """``weight`` as an NF4 tensor (its size a multiple of ``block_size``)."""
+    _, to_nf4 = _torchao_nf4()
+    blocks = weight.numel() // block_size
+    return to_nf4(weight.detach().contiguous(), block_size, _scaler_block_size(blocks))
+
+
 @torch.no_grad()
 def quantize_nf4(model: nn.Module, target_modules: list[str] | str = ALL_LINEAR,
                  block_size: int = BLOCK_SIZE) -> QuantizationReport:
@@ -82,7 +89,7 @@ def quantize_nf4(model: nn.Module, target_modules: list[str] | str = ALL_LINEAR,
     biases stay as they are. A weight whose size is not a multiple of ``block_size`` stays in float and
     is listed in the report's ``skipped``.
     """
-    _, to_nf4 = _torchao_nf4()
+    _torchao_nf4()
     heads = output_heads(model)
     report = QuantizationReport()
     for name, module in model.named_modules():
@@ -97,8 +104,7 @@ def quantize_nf4(model: nn.Module, target_modules: list[str] | str = ALL_LINEAR,
         if weight.numel() % block_size:
             report.skipped[name] = f"{weight.numel()} weights are not a multiple of the block size {block_size}"
             continue
-        blocks = weight.numel() // block_size
-        codes = to_nf4(weight.detach().contiguous(), block_size, _scaler_block_size(blocks))
+        codes = nf4_codes(weight, block_size)
         report.float_bytes += stored_bytes(weight)
         report.nf4_bytes += stored_bytes(codes)
         module.weight = nn.Parameter(codes, requires_grad=False)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+import warnings
 from dataclasses import field
 
 import torch
@@ -54,6 +55,7 @@ from peftkit.core.mixed_batch import put, take
 from peftkit.methods.config_rules import pattern_value, require_positive, require_probability
 from peftkit.methods.lora.dora import DoraVariant, variant_for
 from peftkit.methods.lora.factors import init_factors
+from peftkit.methods.lora.loftq import check_loftq, check_loftq_layer, loftq_factors
 from peftkit.methods.lora.mixed import stacked_update
 from peftkit.methods.lora.parameters import targeted_parameters
 from peftkit.methods.lora.replication import check_layer_map, replicate_layers
@@ -103,6 +105,7 @@ class LoraConfig(TargetedConfig):
     alpha_pattern: dict[str, float] = field(default_factory=dict)
     trainable_token_indices: list[int] | dict[str, list[int]] | None = None  # rows of the embedding that train too
     layer_replication: list[list[int]] | None = None  # [start, end) layer ranges stacked, weights shared
+    loftq_config: dict[str, int] = field(default_factory=dict)  # init 'loftq': {"loftq_bits": 4, "loftq_iter": 1}
 
     field_aliases = {"rank": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "targets": "target_modules"}
     # Fields peft 0.21 writes whose default is not simply empty; at these values they change nothing.
@@ -120,10 +123,15 @@ class LoraConfig(TargetedConfig):
         if self.bias not in ("none", "all", "lora_only"):
             raise ConfigError(f"bias must be 'none', 'all' or 'lora_only', got {self.bias!r}")
         init = self.init_lora_weights
-        if not (isinstance(init, bool) or init in ("gaussian", "olora")
+        if not (isinstance(init, bool) or init in ("gaussian", "olora", "loftq")
                 or (isinstance(init, str) and _PISSA.fullmatch(init))):
-            raise ConfigError(f"init_lora_weights must be True, False, 'gaussian', 'pissa', 'pissa_niter_<k>' or "
-                              f"'olora', got {init!r}")
+            raise ConfigError(f"init_lora_weights must be True, False, 'gaussian', 'pissa', 'pissa_niter_<k>', "
+                              f"'olora' or 'loftq', got {init!r}")
+        if init == "loftq":
+            self.loftq_config = check_loftq(self.loftq_config)
+        elif self.loftq_config:
+            warnings.warn("loftq_config is ignored unless init_lora_weights='loftq' (as in peft)", stacklevel=3)
+            self.loftq_config = {}
         if self.lora_bias and self.use_dora:
             raise ConfigError("lora_bias=True cannot be combined with use_dora=True (as in peft)")
         if self.lora_bias and not isinstance(init, bool):
@@ -141,7 +149,7 @@ class LoraConfig(TargetedConfig):
     def init_from_weight(self) -> bool:
         """Whether A and B start from the base weight, which keeps the residual (PiSSA, OLoRA)."""
         init = self.init_lora_weights
-        return isinstance(init, str) and (init == "olora" or _PISSA.fullmatch(init) is not None)
+        return isinstance(init, str) and (init in ("olora", "loftq") or _PISSA.fullmatch(init) is not None)
 
     def rank_for(self, module_name: str) -> int:
         return pattern_value(self.rank_pattern, module_name, self.r)
@@ -165,6 +173,14 @@ class LoraConfig(TargetedConfig):
                               f"(give '<module name or suffix>.<parameter>', e.g. 'mlp.experts.gate_up_proj')")
         config.also_adapted = holders
         return config
+
+    def to_file_dict(self) -> dict:
+        """A LoftQ adapter is saved as a plain one (``init_lora_weights`` true), as peft's LoftQ guide saves it: its
+        weights are in the file, and a reader must not initialise it again."""
+        values = super().to_file_dict()
+        if self.init_lora_weights == "loftq":
+            values.update(init_lora_weights=True, loftq_config={})
+        return values
 
     def reshape_model(self, model):
         """peft's ``layer_replication``: the layer stack repeated as the map says, weights shared
@@ -196,6 +212,9 @@ class _LoraLayer(AdapterLayer):
         self.lora_magnitude_vector = nn.ParameterDict()
         self.scaling: dict[str, float] = {}
         self.variants: dict[str, DoraVariant] = {}
+
+    def _set_base_weight(self, weight: torch.Tensor) -> None:
+        self.base.weight = nn.Parameter(weight, requires_grad=False)
 
     def _product(self, name: str) -> torch.Tensor:
         raise NotImplementedError
@@ -350,6 +369,8 @@ class LoraLinear(_LoraLayer):
             shapes["lora_B.bias"] = (out_features,)
         if config.use_dora:
             shapes.update(DoraVariant.shapes(out_features))
+        if config.init_lora_weights == "loftq":
+            check_loftq_layer(base_layer, module_name)
         return shapes
 
     def add_adapter(self, name: str, config: LoraConfig, module_name: str) -> None:
@@ -364,6 +385,8 @@ class LoraLinear(_LoraLayer):
             self._init_pissa(name, r, _PISSA.fullmatch(init).group(1))
         elif init == "olora":
             self._init_olora(name, r)
+        elif init == "loftq":
+            self._set_base_weight(loftq_factors(self, name, r, config.loftq_config["loftq_iter"]))
         else:
             init_factors(self.lora_A[name], self.lora_B[name], init, r)
         if name in self.variants:
@@ -399,6 +422,9 @@ class LoraLinear(_LoraLayer):
         self.lora_B[name].weight.copy_(q[:, :r])
         residual = w - self.scaling[name] * self._product(name).float()
         weight.copy_(self._out_in(residual).to(weight.dtype))
+
+    def _set_base_weight(self, weight: torch.Tensor) -> None:
+        self.base.weight = nn.Parameter(weight, requires_grad=False)
 
     def _product(self, name: str) -> torch.Tensor:
         return self.lora_B[name].weight @ self.lora_A[name].weight
@@ -510,6 +536,9 @@ class LoraEmbedding(_LoraLayer):
         self._start_adapter(name, config, module_name)
         if name in self.variants:
             self.variants[name].init(self, name)
+
+    def _set_base_weight(self, weight: torch.Tensor) -> None:
+        self.base.weight = nn.Parameter(weight, requires_grad=False)
 
     def _product(self, name: str) -> torch.Tensor:
         return self.lora_embedding_B[name] @ self.lora_embedding_A[name]
