@@ -54,8 +54,9 @@ from peftkit.core.mechanics.quantization import dequantized
 from peftkit.core.mixed_batch import put, take
 from peftkit.methods.config_rules import pattern_value, require_positive, require_probability
 from peftkit.methods.lora.dora import DoraVariant, variant_for
+from peftkit.methods.lora.eva import EvaConfig, check_eva
 from peftkit.methods.lora.factors import init_factors
-from peftkit.methods.lora.loftq import check_loftq, check_loftq_layer, loftq_factors
+from peftkit.methods.lora.loftq import LoftQConfig, check_loftq, check_loftq_layer, loftq_factors
 from peftkit.methods.lora.mixed import stacked_update
 from peftkit.methods.lora.parameters import targeted_parameters
 from peftkit.methods.lora.replication import check_layer_map, replicate_layers
@@ -105,7 +106,8 @@ class LoraConfig(TargetedConfig):
     alpha_pattern: dict[str, float] = field(default_factory=dict)
     trainable_token_indices: list[int] | dict[str, list[int]] | None = None  # rows of the embedding that train too
     layer_replication: list[list[int]] | None = None  # [start, end) layer ranges stacked, weights shared
-    loftq_config: dict[str, int] = field(default_factory=dict)  # init 'loftq': {"loftq_bits": 4, "loftq_iter": 1}
+    loftq_config: LoftQConfig | dict[str, int] = field(default_factory=dict)  # init 'loftq': bits 4, iterations
+    eva_config: EvaConfig | dict | None = None  # init 'eva': rho, tau, use_label_mask, ... (eva.py)
 
     field_aliases = {"rank": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "targets": "target_modules"}
     # Fields peft 0.21 writes whose default is not simply empty; at these values they change nothing.
@@ -123,10 +125,15 @@ class LoraConfig(TargetedConfig):
         if self.bias not in ("none", "all", "lora_only"):
             raise ConfigError(f"bias must be 'none', 'all' or 'lora_only', got {self.bias!r}")
         init = self.init_lora_weights
-        if not (isinstance(init, bool) or init in ("gaussian", "olora", "loftq")
+        if not (isinstance(init, bool) or init in ("gaussian", "olora", "loftq", "eva")
                 or (isinstance(init, str) and _PISSA.fullmatch(init))):
             raise ConfigError(f"init_lora_weights must be True, False, 'gaussian', 'pissa', 'pissa_niter_<k>', "
-                              f"'olora' or 'loftq', got {init!r}")
+                              f"'olora', 'loftq' or 'eva', got {init!r}")
+        if init == "eva":
+            self.eva_config = check_eva(self.eva_config)
+        elif self.eva_config is not None:
+            warnings.warn("eva_config is ignored unless init_lora_weights='eva' (as in peft)", stacklevel=3)
+            self.eva_config = None
         if init == "loftq":
             self.loftq_config = check_loftq(self.loftq_config)
         elif self.loftq_config:
@@ -387,8 +394,8 @@ class LoraLinear(_LoraLayer):
             self._init_olora(name, r)
         elif init == "loftq":
             self._set_base_weight(loftq_factors(self, name, r, config.loftq_config["loftq_iter"]))
-        else:
-            init_factors(self.lora_A[name], self.lora_B[name], init, r)
+        else:  # EVA's A comes from data later (initialize_lora_eva_weights); until then the default init
+            init_factors(self.lora_A[name], self.lora_B[name], True if init == "eva" else init, r)
         if name in self.variants:
             self.variants[name].init(self, name)
 

@@ -18,17 +18,30 @@ true), as peft's LoftQ guide saves it, so that no reader initialises it again.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
 from peftkit.core.errors import ConfigError
 from peftkit.core.mechanics.quantization import BLOCK_SIZE, dequantized, is_nf4, nf4_codes
 
-LOFTQ_DEFAULTS = {"loftq_bits": 4, "loftq_iter": 1}
+
+@dataclasses.dataclass
+class LoftQConfig:
+    """peft's LoftQ settings (``LoraConfig(init_lora_weights="loftq", loftq_config=LoftQConfig(...))``)."""
+
+    loftq_bits: int = 4
+    loftq_iter: int = 1
 
 
-def check_loftq(loftq_config: dict) -> dict[str, int]:
+LOFTQ_DEFAULTS = dataclasses.asdict(LoftQConfig())
+
+
+def check_loftq(loftq_config) -> dict[str, int]:
     """peft's ``loftq_config`` checked and completed with peft's defaults (4 bits, 1 iteration)."""
+    if dataclasses.is_dataclass(loftq_config):
+        loftq_config = dataclasses.asdict(loftq_config)
     if not loftq_config:
         raise ConfigError("init_lora_weights='loftq' needs loftq_config, e.g. {'loftq_bits': 4, 'loftq_iter': 1} "
                           "(as in peft)")
