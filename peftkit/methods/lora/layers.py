@@ -53,6 +53,7 @@ from peftkit.core.mechanics.lean_ops import dropped_positions
 from peftkit.core.mechanics.quantization import dequantized
 from peftkit.core.mixed_batch import put, take
 from peftkit.methods.config_rules import pattern_value, require_positive, require_probability
+from peftkit.methods.lora.corda import CordaConfig, check_corda, check_corda_layer, corda_factors
 from peftkit.methods.lora.dora import DoraVariant, variant_for
 from peftkit.methods.lora.eva import EvaConfig, check_eva
 from peftkit.methods.lora.factors import init_factors
@@ -108,6 +109,7 @@ class LoraConfig(TargetedConfig):
     layer_replication: list[list[int]] | None = None  # [start, end) layer ranges stacked, weights shared
     loftq_config: LoftQConfig | dict[str, int] = field(default_factory=dict)  # init 'loftq': bits 4, iterations
     eva_config: EvaConfig | dict | None = None  # init 'eva': rho, tau, use_label_mask, ... (eva.py)
+    corda_config: CordaConfig | dict | None = None  # init 'corda': corda_method 'ipm' / 'kpm', ... (corda.py)
 
     field_aliases = {"rank": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "targets": "target_modules"}
     # Fields peft 0.21 writes whose default is not simply empty; at these values they change nothing.
@@ -125,10 +127,15 @@ class LoraConfig(TargetedConfig):
         if self.bias not in ("none", "all", "lora_only"):
             raise ConfigError(f"bias must be 'none', 'all' or 'lora_only', got {self.bias!r}")
         init = self.init_lora_weights
-        if not (isinstance(init, bool) or init in ("gaussian", "olora", "loftq", "eva")
+        if not (isinstance(init, bool) or init in ("gaussian", "olora", "loftq", "eva", "corda")
                 or (isinstance(init, str) and _PISSA.fullmatch(init))):
             raise ConfigError(f"init_lora_weights must be True, False, 'gaussian', 'pissa', 'pissa_niter_<k>', "
-                              f"'olora', 'loftq' or 'eva', got {init!r}")
+                              f"'olora', 'loftq', 'eva' or 'corda', got {init!r}")
+        if init == "corda":
+            self.corda_config = check_corda(self.corda_config)
+        elif self.corda_config is not None:
+            warnings.warn("corda_config is ignored unless init_lora_weights='corda' (as in peft)", stacklevel=3)
+            self.corda_config = None
         if init == "eva":
             self.eva_config = check_eva(self.eva_config)
         elif self.eva_config is not None:
@@ -156,7 +163,7 @@ class LoraConfig(TargetedConfig):
     def init_from_weight(self) -> bool:
         """Whether A and B start from the base weight, which keeps the residual (PiSSA, OLoRA)."""
         init = self.init_lora_weights
-        return isinstance(init, str) and (init in ("olora", "loftq") or _PISSA.fullmatch(init) is not None)
+        return isinstance(init, str) and (init in ("olora", "loftq", "corda") or _PISSA.fullmatch(init) is not None)
 
     def rank_for(self, module_name: str) -> int:
         return pattern_value(self.rank_pattern, module_name, self.r)
@@ -182,11 +189,13 @@ class LoraConfig(TargetedConfig):
         return config
 
     def to_file_dict(self) -> dict:
-        """A LoftQ adapter is saved as a plain one (``init_lora_weights`` true), as peft's LoftQ guide saves it: its
-        weights are in the file, and a reader must not initialise it again."""
+        """A LoftQ or CorDA adapter is saved as a plain one (``init_lora_weights`` true), as peft's LoftQ guide saves
+        it: its weights are in the file, and a reader must not initialise it again."""
         values = super().to_file_dict()
         if self.init_lora_weights == "loftq":
             values.update(init_lora_weights=True, loftq_config={})
+        if self.init_lora_weights == "corda":
+            values.update(init_lora_weights=True, corda_config=None)
         return values
 
     def reshape_model(self, model):
@@ -378,6 +387,8 @@ class LoraLinear(_LoraLayer):
             shapes.update(DoraVariant.shapes(out_features))
         if config.init_lora_weights == "loftq":
             check_loftq_layer(base_layer, module_name)
+        if config.init_lora_weights == "corda":
+            check_corda_layer(base_layer, module_name, r)
         return shapes
 
     def add_adapter(self, name: str, config: LoraConfig, module_name: str) -> None:
@@ -394,6 +405,9 @@ class LoraLinear(_LoraLayer):
             self._init_olora(name, r)
         elif init == "loftq":
             self._set_base_weight(loftq_factors(self, name, r, config.loftq_config["loftq_iter"]))
+        elif init == "corda":
+            with torch.no_grad():
+                self.weight.copy_(self._out_in(corda_factors(self, name)).to(self.weight.dtype))
         else:  # EVA's A comes from data later (initialize_lora_eva_weights); until then the default init
             init_factors(self.lora_A[name], self.lora_B[name], True if init == "eva" else init, r)
         if name in self.variants:
