@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from peftkit.core.errors import ConfigError
@@ -32,3 +33,14 @@ def pattern_value(patterns: dict, module_name: str, default):
         if re.match(rf"(?:^|.*\.){pattern}$", module_name):
             return value
     return default
+
+
+def sub_config(name: str, value, settings_cls: type) -> dict:
+    """A nested settings object of peft's (``loftq_config``, ``eva_config``, ``corda_config``) given as its dataclass
+    or a mapping: a dict with the dataclass's defaults filled in; an unknown key is refused."""
+    values = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else dict(value or {})
+    known = [item.name for item in dataclasses.fields(settings_cls)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"{name} has unknown key(s) {', '.join(unknown)}; it takes {', '.join(known)}")
+    return {**dataclasses.asdict(settings_cls()), **values}

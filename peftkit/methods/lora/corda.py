@@ -28,6 +28,7 @@ from transformers.pytorch_utils import Conv1D
 
 from peftkit.core.errors import ConfigError
 from peftkit.core.targets import plan
+from peftkit.methods.config_rules import sub_config
 
 
 @dataclasses.dataclass
@@ -51,12 +52,7 @@ class CordaEigens:
 
 def check_corda(corda_config) -> dict:
     """The CorDA settings as a dict with peft's defaults, checked."""
-    values = dataclasses.asdict(corda_config) if dataclasses.is_dataclass(corda_config) else dict(corda_config or {})
-    known = {f.name for f in dataclasses.fields(CordaConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"corda_config has unknown key(s) {', '.join(unknown)}; it takes {', '.join(sorted(known))}")
-    values = {**dataclasses.asdict(CordaConfig()), **values}
+    values = sub_config("corda_config", corda_config, CordaConfig)
     if values["corda_method"] not in ("ipm", "kpm"):
         raise ConfigError(f"corda_config corda_method must be 'ipm' or 'kpm', got {values['corda_method']!r}")
     return values

@@ -30,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from peftkit.core.errors import ConfigError
+from peftkit.methods.config_rules import sub_config
 
 
 @dataclasses.dataclass
@@ -46,12 +47,7 @@ class EvaConfig:
 
 def check_eva(eva_config) -> dict:
     """The EVA settings as a dict with peft's defaults filled in, checked."""
-    values = dataclasses.asdict(eva_config) if dataclasses.is_dataclass(eva_config) else dict(eva_config or {})
-    known = {f.name for f in dataclasses.fields(EvaConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"eva_config has unknown key(s) {', '.join(unknown)}; it takes {', '.join(sorted(known))}")
-    values = {**dataclasses.asdict(EvaConfig()), **values}
+    values = sub_config("eva_config", eva_config, EvaConfig)
     if not isinstance(values["rho"], (int, float)) or values["rho"] < 1:
         raise ConfigError(f"eva_config rho must be ≥ 1, got {values['rho']!r}")
     if not isinstance(values["tau"], (int, float)) or not 0 <= values["tau"] <= 1:

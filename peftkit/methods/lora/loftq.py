@@ -25,6 +25,7 @@ from torch import nn
 
 from peftkit.core.errors import ConfigError
 from peftkit.core.mechanics.quantization import BLOCK_SIZE, dequantized, is_nf4, nf4_codes
+from peftkit.methods.config_rules import sub_config
 
 
 @dataclasses.dataclass
@@ -35,20 +36,12 @@ class LoftQConfig:
     loftq_iter: int = 1
 
 
-LOFTQ_DEFAULTS = dataclasses.asdict(LoftQConfig())
-
-
 def check_loftq(loftq_config) -> dict[str, int]:
     """peft's ``loftq_config`` checked and completed with peft's defaults (4 bits, 1 iteration)."""
-    if dataclasses.is_dataclass(loftq_config):
-        loftq_config = dataclasses.asdict(loftq_config)
     if not loftq_config:
         raise ConfigError("init_lora_weights='loftq' needs loftq_config, e.g. {'loftq_bits': 4, 'loftq_iter': 1} "
                           "(as in peft)")
-    unknown = sorted(set(loftq_config) - set(LOFTQ_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"loftq_config has unknown key(s) {', '.join(unknown)}; it takes loftq_bits, loftq_iter")
-    values = {**LOFTQ_DEFAULTS, **loftq_config}
+    values = sub_config("loftq_config", loftq_config, LoftQConfig)
     if values["loftq_bits"] != 4:
         raise ConfigError(f"loftq_bits={values['loftq_bits']!r}: peftkit's LoftQ quantises to 4-bit NF4 only")
     iterations = values["loftq_iter"]
