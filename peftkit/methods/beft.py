@@ -82,6 +82,6 @@ class BeftLinear(AdapterLayer):
         return result
 
 
-register_method(Method(name="beft", config_cls=BeftConfig, layers=weight_layers(BeftLinear), learning_rate=1e-3,
+register_method(Method(name="beft", config_cls=BeftConfig, layers=weight_layers(BeftLinear), learning_rate=2e-2,
                        peft_module_types=(nn.Linear,),
                        description="BEFT: a trained bias added to the value projections' output"))

@@ -160,5 +160,5 @@ class LilyLinear(AdapterLayer):
 
 
 register_method(Method(name="lily", config_cls=LilyConfig, layers={nn.Linear: LilyLinear}, shared=LilyShared,
-                       learning_rate=1e-3, train_defaults={"r": 8, "stride_A": 2, "num_B": 2},
+                       learning_rate=1e-2, train_defaults={"r": 8, "stride_A": 2, "num_B": 2},
                        description="Lily: low-rank A shared by neighbouring layers, routed mix of B shared by all"))

@@ -136,7 +136,7 @@ class PolyLinear(AdapterLayer):
         return output
 
 
-register_method(Method(name="poly", config_cls=PolyConfig, layers={nn.Linear: PolyLinear}, learning_rate=1e-3,
+register_method(Method(name="poly", config_cls=PolyConfig, layers={nn.Linear: PolyLinear}, learning_rate=1e-2,
                        peft_module_types=(nn.Linear,),
                        train_defaults={"r": 8, "n_skills": 4},  # LoRA's targets: peft's Poly fails on 2-D inputs
                        description="Poly: each task routes its own mix of a shared set of LoRA skills"))

@@ -151,5 +151,5 @@ class SupertuningLinear(WeightDeltaLayer):
 
 
 register_method(Method(name="supertuning", config_cls=SupertuningConfig, layers={nn.Linear: SupertuningLinear},
-                       learning_rate=2e-4, train_defaults={"sparsity": 0.99, "target_modules": "all-linear"},
+                       learning_rate=2e-3, train_defaults={"sparsity": 0.99, "target_modules": "all-linear"},
                        description="Super-Tuning: the largest-magnitude 1% of a weight's entries train (+ LoRA)"))

@@ -130,6 +130,6 @@ class WaveFTLinear(WeightDeltaLayer):
         self.inverse_transform.pop(name, None)
 
 
-register_method(Method(name="waveft", config_cls=WaveFTConfig, layers=weight_layers(WaveFTLinear), learning_rate=2e-4,
+register_method(Method(name="waveft", config_cls=WaveFTConfig, layers=weight_layers(WaveFTLinear), learning_rate=2e-3,
                        train_defaults={"n_frequency": 1000, "scaling": 25.0, "target_modules": "all-linear"},
                        description="WaveFT: sparse trained wavelet coefficients, ΔW by inverse 2-D Haar transform"))
