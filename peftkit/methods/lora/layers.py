@@ -229,9 +229,6 @@ class _LoraLayer(AdapterLayer):
         self.scaling: dict[str, float] = {}
         self.variants: dict[str, DoraVariant] = {}
 
-    def _set_base_weight(self, weight: torch.Tensor) -> None:
-        self.base.weight = nn.Parameter(weight, requires_grad=False)
-
     def _product(self, name: str) -> torch.Tensor:
         raise NotImplementedError
 
@@ -404,7 +401,8 @@ class LoraLinear(_LoraLayer):
         elif init == "olora":
             self._init_olora(name, r)
         elif init == "loftq":
-            self._set_base_weight(loftq_factors(self, name, r, config.loftq_config["loftq_iter"]))
+            self.base.weight = nn.Parameter(loftq_factors(self, name, r, config.loftq_config["loftq_iter"]),
+                                            requires_grad=False)  # the NF4 weight LoftQ chose
         elif init == "corda":
             with torch.no_grad():
                 self.weight.copy_(self._out_in(corda_factors(self, name)).to(self.weight.dtype))
@@ -443,9 +441,6 @@ class LoraLinear(_LoraLayer):
         self.lora_B[name].weight.copy_(q[:, :r])
         residual = w - self.scaling[name] * self._product(name).float()
         weight.copy_(self._out_in(residual).to(weight.dtype))
-
-    def _set_base_weight(self, weight: torch.Tensor) -> None:
-        self.base.weight = nn.Parameter(weight, requires_grad=False)
 
     def _product(self, name: str) -> torch.Tensor:
         return self.lora_B[name].weight @ self.lora_A[name].weight
@@ -557,9 +552,6 @@ class LoraEmbedding(_LoraLayer):
         self._start_adapter(name, config, module_name)
         if name in self.variants:
             self.variants[name].init(self, name)
-
-    def _set_base_weight(self, weight: torch.Tensor) -> None:
-        self.base.weight = nn.Parameter(weight, requires_grad=False)
 
     def _product(self, name: str) -> torch.Tensor:
         return self.lora_embedding_B[name] @ self.lora_embedding_A[name]
