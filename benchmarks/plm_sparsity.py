@@ -107,7 +107,7 @@ def train(model, batches, steps: int, lr: float, density: DensityLoss | None = N
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
-    return float(loss)
+    return loss.item()
 
 
 def endless(corpus: Corpus, texts: list[str], batch_size: int, seed: int):
@@ -183,7 +183,7 @@ def main() -> None:
                for setting in ("lora", "deft")}
     summary["deft_vs_lora"] = {key: summary["deft"][key] / summary["lora"][key]
                                for key in ("density", "rows_needed_peak", "dev_loss")}
-    record = {"command": "python benchmarks/plm_sparsity.py " + " ".join(sys.argv[1:]),
+    record = {"command": " ".join(["python benchmarks/plm_sparsity.py", *sys.argv[1:]]),
               "date": datetime.date.today().isoformat(),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU",
               "seconds": time.perf_counter() - started, "settings": vars(args),

@@ -99,12 +99,13 @@ def test_the_docs_table_of_methods_is_generated_from_the_registry():
 def test_the_docs_bench_table_is_generated_and_has_a_row_for_every_bench_name():
     sys.path.insert(0, str(ROOT / "docs"))
     try:
-        from generate_bench import bench_markdown
+        from generate_bench import bench_markdown, plm_markdown
         from generate_bench import bench_rows as documented_rows
     finally:
         sys.path.pop(0)
     assert (ROOT / "docs" / "bench-methods.md").read_text() == bench_markdown(), "run python docs/generate_bench.py"
     assert set(documented_rows()) == set(default_methods()) - {"full"}
+    assert (ROOT / "docs" / "plm-sparsity.md").read_text() == plm_markdown(), "run python docs/generate_bench.py"
 
 
 def test_the_readme_table_has_a_row_for_every_method():
