@@ -19,6 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from provenance import provenance
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 RESULTS = Path(__file__).parent / "results"
@@ -97,7 +99,7 @@ def main() -> None:
     for row in rows:
         print(f"| {row['budget']} | {row['trained']:,} | {row['accuracy']:.4f} | {row['train_seconds']:.0f} |")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "apet_sweep.json").write_text(json.dumps(rows, indent=2))
+    (RESULTS / "apet_sweep.json").write_text(json.dumps({**provenance(), "rows": rows}, indent=2))
     if plot(rows, RESULTS / "apet_sweep.png"):
         print(f"plot: {RESULTS / 'apet_sweep.png'}")
 

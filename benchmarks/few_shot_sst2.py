@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from provenance import provenance
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 DATA = Path(os.environ.get("PEFTKIT_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
@@ -118,7 +120,7 @@ def main() -> None:
                            "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
         print(f"{method}: {summary[method]['mean']:.4f} ± {summary[method]['sd']:.4f}")
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    RESULTS.write_text(json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **provenance(),
                                    "settings": vars(args), "adaptation": adaptation, "runs": runs, "summary": summary,
                                    "seconds": time.perf_counter() - started}, indent=2))
     print(f"raw measurements: {RESULTS}")

@@ -7,7 +7,7 @@
 #     with a classification head on SST-2: full fine-tuning, LoRA, DoRA, QLoRA, IA3, prompt tuning and
 #     bottleneck adapters, each against peft's implementation where peft has it (results/bench-gpu/);
 #   issue 4: LoRA training of the same shape, batch 4 x 2048 — peftkit vs peft vs full fine-tuning vs peftkit
-#     QLoRA: tokens/s, torch.cuda.max_memory_allocated, PEFT-MFU (results/gpu_lora.txt).
+#     QLoRA: tokens/s, torch.cuda.max_memory_allocated, PEFT-MFU (results/gpu_lora.json).
 # Usage (on the CUDA machine, from the repository root): bash benchmarks/gpu.sh
 # TOKENIZER=DIR names a folder with MiniLM's tokenizer files where the bundled model package is not installed.
 # STAGES="mixed bench lora" (the default) picks stages, e.g. to split the run over two calls; RESUME=1 lets the
@@ -43,7 +43,6 @@ fi
 
 if wanted lora; then
 stage "issue 4: LoRA training throughput and memory"
-"$PYTHON" benchmarks/gpu_lora.py --setups full,peft,peftkit,qlora --warmup 3 --steps 10 | tee "$RESULTS/gpu_lora.txt" \
-    || echo "gpu_lora.py FAILED"
+"$PYTHON" benchmarks/gpu_lora.py --setups full,peft,peftkit,qlora --warmup 3 --steps 10 || echo "gpu_lora.py FAILED"
 fi
 stage "done"

@@ -6,9 +6,9 @@ subprocess (so ``torch.cuda.max_memory_allocated`` is its own): ``--warmup`` ste
 step time over ``--steps``. Printed per setup: tokens/s, peak allocated GiB, the ratios to peft's LoRA,
 and PEFT-MFU = tokens/s × (4P + 3A + 6R) / the measured bf16 matmul peak, where P is the frozen matmul
 parameters, A the attention FLOPs per token (per layer 2·T·d for QKᵀ and for PV, T the sequence) and R
-the adapter parameters (full fine-tuning: 6P + 3A).
+the adapter parameters (full fine-tuning: 6P + 3A). Written to ``results/gpu_lora.json``.
 
-``--tiny`` runs a small config on CPU in float32, to check the script without a GPU.
+``--tiny`` runs a small config on CPU in float32, to check the script without a GPU (nothing written).
 
 Usage: python benchmarks/gpu_lora.py [--setups full,peft,peftkit,qlora] [--tiny]
 """
@@ -22,9 +22,13 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+from provenance import provenance
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+RESULTS = Path(__file__).parent / "results"
 SETUPS = ["full", "peft", "peftkit", "qlora"]
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TINYLLAMA = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32,
@@ -144,6 +148,15 @@ def main() -> None:
         print(f"| {setup} | {row['tokens_per_second']:,.0f} | {speed} | {row['peak_gib']:.1f} | {memory} | "
               f"{row['mfu']:.2f} |")
     print(json.dumps(rows))
+    if not args.tiny:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "gpu_lora.json").write_text(json.dumps({
+            **provenance("cuda"), "settings": {"model": "TinyLlama-shaped 1.1B Llama (22 layers, hidden 2048), "
+                                                        "random weights", "dtype": "bfloat16",
+                                               "batch": [args.batch, length], "lora_r": 16,
+                                               "projections": len(PROJECTIONS), "warmup": args.warmup,
+                                               "steps": args.steps},
+            "setups": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

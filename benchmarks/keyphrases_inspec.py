@@ -19,6 +19,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from provenance import provenance
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 DATA = Path(os.environ.get("PEFTKIT_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
@@ -47,7 +49,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         if earlier:
             results["extraction"] = earlier["results"]["extraction"]
-            results["extraction_measured"] = earlier.get("extraction_measured", earlier["measured"])
+            results["extraction_measured"] = earlier["results"].get("extraction_measured", earlier["measured"])
+            results["extraction_command"] = earlier["results"].get("extraction_command", earlier["command"])
         else:
             extraction = extract_keyphrases(TrainOptions(train=str(train), eval=str(dev), epochs=args.epochs,
                                                          batch_size=16, lr=2e-3, max_length=args.max_length,
@@ -71,7 +74,7 @@ def main() -> None:
                   f"{generation.present.f1_at_m:.4f}; absent F1@5 {generation.absent.f1_at_5:.4f}, F1@M "
                   f"{generation.absent.f1_at_m:.4f} ({generation.present.documents} documents)", flush=True)
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    RESULTS.write_text(json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **provenance(),
                                    "settings": vars(args), "results": results,
                                    "seconds": time.perf_counter() - started}, indent=2))
     print(f"raw measurements: {RESULTS}")

@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from provenance import provenance
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
@@ -165,7 +167,8 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"lora_vs_peft_{model_name}_dropout{args.dropout:g}.json"
     path.write_text(json.dumps({
-        "model": label, "settings": {**SETTINGS, "lora_dropout": args.dropout}, "batch": [BATCH[model_name], LENGTH],
+        **provenance(), "model": label, "settings": {**SETTINGS, "lora_dropout": args.dropout},
+        "batch": [BATCH[model_name], LENGTH],
         "step_seconds": times, "peak_growth_mib": memory,
         "saved_for_backward_bytes": saved, "trainable_parameters": trainable,
         "environment": {"torch": torch.__version__, "python": platform.python_version(),

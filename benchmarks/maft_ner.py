@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from provenance import provenance
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 DATA = Path(os.environ.get("PEFTKIT_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
@@ -117,7 +119,7 @@ def main() -> None:
             print(f"{language} vocabulary {reduction['vocabulary_before']:,} -> {reduction['vocabulary_after']:,} "
                   f"tokens, {reduction['parameters_removed']:,} parameters removed", flush=True)
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    RESULTS.write_text(json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **provenance(),
                                    "settings": vars(args), "results": results,
                                    "seconds": time.perf_counter() - started}, indent=2))
     PARTIAL.unlink(missing_ok=True)

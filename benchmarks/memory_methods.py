@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from provenance import provenance
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from peftkit.utils.memory import FIXED_MMAP_THRESHOLD  # noqa: E402
@@ -147,7 +149,8 @@ def main() -> None:
         cells.append(f"{row['linear_weight_ratio']:.3f}" if row["linear_weight_ratio"] else "-")
         print("| " + " | ".join(cells) + " |")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"memory_methods{'_lm' if args.lm else ''}.json").write_text(json.dumps(rows, indent=2))
+    (RESULTS / f"memory_methods{'_lm' if args.lm else ''}.json").write_text(
+        json.dumps({**provenance(), "setups": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ rate from ``peftkit.recipes.classification``) in a fresh subprocess, so that the
 (VmHWM) belongs to that method alone, and is scored on the 872-sentence dev set. Printed: trainable
 parameters (count, % of the model), dev accuracy, median time per training step and peak memory,
 the last two also as ratios to full fine-tuning and to LoRA from the same run. The rows measured are
-merged into ``results/methods_sst2.json`` (each with the time it was measured). With several ``--seeds``
+merged into ``results/methods_sst2.json``, each with the time and the command it was measured with (a full
+or LoRA row a later run replaces is kept while rows of its run remain, as their reference). With several ``--seeds``
 each method runs once per seed: accuracy is the mean (± sd over seeds, every run's kept), time per step
 the median over all runs' steps and peak memory the largest.
 
@@ -27,6 +28,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from provenance import provenance
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -116,9 +119,16 @@ def main() -> None:
                   f"{after:.4f} after ({100 * (after - before) / before:+.1f} %)")
     RESULTS.parent.mkdir(exist_ok=True)
     saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    measured = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    all_rows = {**saved.get("rows", {}), **{m: {**row, "measured": measured} for m, row in rows.items()}}
-    RESULTS.write_text(json.dumps({"epochs": args.epochs, "rows": all_rows, "python": platform.python_version()},
+    measured, run = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), provenance()
+    earlier = saved.get("rows", {})
+    all_rows = {**earlier, **{m: {**row, "measured": measured, "command": run["command"]} for m, row in rows.items()}}
+    # a replaced full or LoRA row stays while rows of its run remain: their ratios are to it
+    live = {row["measured"] for row in all_rows.values()}
+    references = [row for row in [*saved.get("same_run_references", []),
+                                  *(earlier[m] for m in ("full", "lora") if m in rows and m in earlier)]
+                  if row["measured"] in live]
+    RESULTS.write_text(json.dumps({"epochs": args.epochs, "machine": run["machine"], "rows": all_rows,
+                                   "same_run_references": references, "python": platform.python_version()},
                                   indent=2))
     print(f"raw measurements: {RESULTS}")
 

@@ -25,6 +25,8 @@ import time
 import zlib
 from pathlib import Path
 
+from provenance import provenance
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SMALL = {"hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 8,
@@ -150,7 +152,8 @@ def main() -> None:
     print(f"  largest difference of the mixed logits, peftkit vs peft: {difference:.2e}")
     RESULTS.mkdir(exist_ok=True)
     file = RESULTS / f"mixed_batch_{args.device}.json"
-    file.write_text(json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "settings": vars(args),
+    file.write_text(json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                **provenance(args.device), "settings": vars(args),
                                 "shape": shape, "seconds": times, "median": median, "ratios": ratios,
                                 "round_ratio_quartiles": spreads,
                                 "max_logit_difference": difference}, indent=2))

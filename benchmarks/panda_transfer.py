@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from provenance import provenance
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 DATA = Path(os.environ.get("PEFTKIT_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
@@ -80,7 +82,7 @@ def main() -> None:
     print(f"\ntransferability T(SST-2, SST-5) = {summary('transferability')}, "
           f"T(TREC, SST-5) = {summary('transferability_trec')}")
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    RESULTS.write_text(json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **provenance(),
                                    "sources": sources, "settings": vars(args), "rows": rows,
                                    "seconds": time.perf_counter() - started}, indent=2))
 

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from provenance import provenance
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # the workplace's data sets, next to the repository (or where PEFTKIT_DATA points)
@@ -92,7 +94,7 @@ def main() -> None:
     for row in rows:
         print(f"| {row['method']} | {row['transfer_parameters']:,} | {row['mean']:.4f} ± {row['stdev']:.4f} |")
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    RESULTS.write_text(json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **provenance(),
                                    "sources": source_accuracy, "seeds": args.seeds, "epochs": args.epochs,
                                    "rows": rows}, indent=2))
 

@@ -442,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--eval", help="evaluation file; default: SST-2 dev, or 10%% held out of --train")
     train.add_argument("--model", help="local transformers model folder; default: bundled all-MiniLM-L6-v2")
     train.add_argument("--method", help="PEFT method (default lora): {methods}")
-    train.add_argument("--epochs", type=float)
+    train.add_argument("--epochs", type=float, help="passes over the training data (default 1)")
     train.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
     train.add_argument("--bf16", action="store_true", default=None,
                        help="bfloat16 autocast (CUDA, or a CPU with AVX-512 BF16 / AMX)")
@@ -455,9 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="distil the logits of this saved adapter of the same task (PANDA's second term)")
     train.add_argument("--distill-weight", type=float, metavar="BETA", help="weight of the distillation term "
                        "(default 1)")
-    train.add_argument("--batch-size", type=int)
+    train.add_argument("--batch-size", type=int, help="examples per optimizer step, per process (default 32)")
     train.add_argument("--max-length", type=int, help="tokens per example (default 128)")
-    train.add_argument("--seed", type=int)
+    train.add_argument("--seed", type=int, help="random seed: initialisation, data order, dropout (default 42)")
     train.add_argument("--output", help="adapter folder to write (default: peftkit-adapter)")
     train.add_argument("--save-steps", type=int, metavar="N", help="checkpoint the trainable state, optimizer, "
                        "schedule and random state every N steps (in OUTPUT/checkpoints; removed when training ends)")
@@ -471,40 +471,43 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--fsdp", action="store_true", default=None,
                        help="under torchrun / accelerate launch: shard the base model over the processes with FSDP2 "
                        "(each keeps 1/N of its weights) instead of a whole copy each (DDP)")
-    train.add_argument("--text-column")
-    train.add_argument("--text-pair-column")
-    train.add_argument("--label-column")
+    train.add_argument("--text-column", help="the text column (default: found by name, e.g. text, sentence)")
+    train.add_argument("--text-pair-column", help="the second text of a pair (default: found by name, e.g. "
+                                                  "hypothesis after premise)")
+    train.add_argument("--label-column", help="the label column (default: found by name, e.g. label)")
     train.add_argument("--config", help="YAML or JSON file of these options; command-line flags override it")
     train.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
                        help="method setting, e.g. -o r=16 -o target_modules=[query,value]")
     train.set_defaults(run=cmd_train)
 
     evaluate = commands.add_parser("eval", help="score a saved classification adapter on a labelled file")
-    evaluate.add_argument("--adapter", required=True)
-    evaluate.add_argument("--eval", required=True)
+    evaluate.add_argument("--adapter", required=True, help="adapter folder written by peftkit train")
+    evaluate.add_argument("--eval", required=True, help="labelled file (CSV, TSV, JSONL) with the training columns")
     evaluate.add_argument("--model", help="base model folder (default: the one recorded in the adapter)")
-    evaluate.add_argument("--batch-size", type=whole_number(1), default=128)
+    evaluate.add_argument("--batch-size", type=whole_number(1), default=128, help="examples per forward pass")
     evaluate.set_defaults(run=cmd_eval)
 
     generate = commands.add_parser("generate", help="continue a prompt with a causal-LM adapter")
-    generate.add_argument("--adapter", required=True)
-    generate.add_argument("--prompt", required=True)
+    generate.add_argument("--adapter", required=True, help="causal-LM adapter folder written by peftkit train")
+    generate.add_argument("--prompt", required=True, help="the user turn (wrapped in the chat template unless --raw)")
     generate.add_argument("--model", help="base model folder (default: the one recorded in the adapter)")
-    generate.add_argument("--max-new-tokens", type=whole_number(1), default=64)
+    generate.add_argument("--max-new-tokens", type=whole_number(1), default=64, help="most tokens to generate")
     generate.add_argument("--raw", action="store_true", help="use the prompt as written, without the chat template")
     generate.set_defaults(run=cmd_generate)
 
     planner = commands.add_parser("plan", help="list the modules a method config would hit, changing nothing",
                                   formatter_class=MethodListFormatter)
-    planner.add_argument("--model")
+    planner.add_argument("--model", help="local transformers model folder; default: the bundled model of --task")
     planner.add_argument("--method", default="lora", help="a registered method (default lora): {methods}")
-    planner.add_argument("--task", choices=["classification", "causal-lm"], default="classification")
-    planner.add_argument("--config")
-    planner.add_argument("-o", "--option", action="append", metavar="KEY=VALUE")
+    planner.add_argument("--task", choices=["classification", "causal-lm"], default="classification",
+                         help="the model class to plan on: a sequence classifier or a causal LM")
+    planner.add_argument("--config", help="YAML or JSON file whose method_options are the method's settings")
+    planner.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
+                         help="method setting, e.g. -o target_modules=all-linear")
     planner.set_defaults(run=cmd_plan)
 
     info = commands.add_parser("info", help="describe an adapter folder")
-    info.add_argument("adapter")
+    info.add_argument("adapter", help="adapter folder (peftkit's or peft's)")
     info.set_defaults(run=cmd_info)
 
     vocab = commands.add_parser("vocab-reduce", help="keep the tokens a corpus or scripts need; save a smaller model",
@@ -513,9 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
     vocab.add_argument("--model", help="masked-LM model folder (default: bundled all-MiniLM-L6-v2)")
     vocab.add_argument("--corpus", action="append", help="text file(s) whose tokens to keep (.txt, one passage a "
                                                          "line; or CSV / JSONL with --text-column)")
-    vocab.add_argument("--text-column")
+    vocab.add_argument("--text-column", help="the text column of a CSV / JSONL corpus")
     vocab.add_argument("--scripts", help="keep every token written in these Unicode scripts, e.g. latin,arabic")
-    vocab.add_argument("--output", required=True)
+    vocab.add_argument("--output", required=True, help="folder for the smaller model and its tokenizer")
     vocab.add_argument("--overwrite", action="store_true", help="replace the output folder if it is not empty")
     vocab.set_defaults(run=cmd_vocab_reduce)
 
@@ -533,13 +536,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", help="local transformers model folder; default: bundled all-MiniLM-L6-v2")
     bench.add_argument("--train", help="training file (CSV, TSV, JSONL); default: bundled SST-2")
     bench.add_argument("--eval", help="evaluation file; default: SST-2 dev, or 10%% held out of --train")
-    bench.add_argument("--text-column")
-    bench.add_argument("--text-pair-column")
-    bench.add_argument("--label-column")
+    bench.add_argument("--text-column", help="the text column (default: found by name)")
+    bench.add_argument("--text-pair-column", help="the second text of a pair (default: found by name)")
+    bench.add_argument("--label-column", help="the label column (default: found by name)")
     bench.add_argument("--max-steps", type=int, help="optimizer steps per run (default 50 unless --epochs)")
     bench.add_argument("--epochs", type=float, help="epochs per run instead of --max-steps")
-    bench.add_argument("--batch-size", type=int, default=32)
-    bench.add_argument("--max-length", type=int, default=128)
+    bench.add_argument("--batch-size", type=int, default=32, help="examples per optimizer step")
+    bench.add_argument("--max-length", type=int, default=128, help="tokens per example")
     bench.add_argument("--seeds", default="42", help="comma-separated; every method runs once per seed")
     bench.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when there is one")
     bench.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
@@ -550,9 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(run=cmd_bench)
 
     merge = commands.add_parser("merge", help="fold an adapter into its base model and save it")
-    merge.add_argument("--adapter", required=True)
-    merge.add_argument("--output", required=True)
-    merge.add_argument("--model")
+    merge.add_argument("--adapter", required=True, help="adapter folder written by peftkit train")
+    merge.add_argument("--output", required=True, help="folder for the merged transformers model")
+    merge.add_argument("--model", help="base model folder (default: the one recorded in the adapter)")
     merge.add_argument("--overwrite", action="store_true", help="replace the output folder if it is not empty")
     merge.set_defaults(run=cmd_merge)
     return parser

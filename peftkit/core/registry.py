@@ -34,6 +34,9 @@ class QuantizedForm:
 
 @dataclass(frozen=True)
 class Method:
+    """A method's registration: its name, config class, the layer class that wraps each kind of base module (or
+    its prompt class), and its facts (see the module docstring); pass it to ``register_method``."""
+
     name: str
     config_cls: type[PeftConfig]
     layers: dict[type[nn.Module], type[AdapterLayer]]
@@ -72,12 +75,15 @@ _METHODS: dict[str, Method] = {}
 
 
 def register_method(method: Method) -> Method:
+    """Make ``method`` usable everywhere: ``get_peft_model`` and loading by its config, ``peftkit train --method``,
+    the bench and the docs by its name."""
     _METHODS[method.name] = method
     register_config_class(method.config_cls)
     return method
 
 
 def registered_methods() -> dict[str, Method]:
+    """Every registered method by name (a copy: registering goes through ``register_method``)."""
     return dict(_METHODS)
 
 

@@ -48,7 +48,7 @@ def test_earlier_names_stand_for_the_method_and_are_listed_nowhere():
     assert [row.method for row in bench_rows(["adapter", "ln"])] == ["full", "bottleneck", "ln_tuning"]
     aliases = {alias for method in registered_methods().values() for alias in method.aliases}
     assert aliases == {"adapter", "bone", "lite", "ln", "prefix", "prompt", "ptuning"}
-    table = (ROOT / "docs" / "methods.md").read_text()
+    table = (ROOT / "docs" / "methods" / "index.md").read_text()
     assert not any(f"`{alias}`" in table for alias in aliases)
 
 
@@ -93,19 +93,34 @@ def test_the_docs_table_of_methods_is_generated_from_the_registry():
         from generate_methods import methods_markdown
     finally:
         sys.path.pop(0)
-    assert (ROOT / "docs" / "methods.md").read_text() == methods_markdown(), "run python docs/generate_methods.py"
+    assert (ROOT / "docs" / "methods" / "index.md").read_text() == methods_markdown(), \
+        "run python docs/generate_methods.py"
 
 
-def test_the_docs_bench_table_is_generated_and_has_a_row_for_every_bench_name():
+def test_every_registered_method_has_a_generated_docs_page_listed_in_the_site_nav():
     sys.path.insert(0, str(ROOT / "docs"))
     try:
-        from generate_bench import bench_markdown, plm_markdown
+        from generate_methods import method_pages, mkdocs_yml
+    finally:
+        sys.path.pop(0)
+    pages = method_pages()
+    assert set(pages) == {f"{name}.md" for name in registered_methods()}
+    folder = ROOT / "docs" / "methods"
+    assert {p.name for p in folder.glob("*.md")} == {*pages, "index.md"}, "run python docs/generate_methods.py"
+    for name, text in pages.items():
+        assert (folder / name).read_text() == text, f"docs/methods/{name}: run python docs/generate_methods.py"
+    site = (ROOT / "mkdocs.yml").read_text()
+    assert site == mkdocs_yml(site), "mkdocs.yml's list of method pages: run python docs/generate_methods.py"
+
+
+def test_the_bench_results_have_a_row_for_every_bench_name():
+    # the pages made from them are held by tests/docs/test_benchmark_pages.py
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
         from generate_bench import bench_rows as documented_rows
     finally:
         sys.path.pop(0)
-    assert (ROOT / "docs" / "bench-methods.md").read_text() == bench_markdown(), "run python docs/generate_bench.py"
     assert set(documented_rows()) == set(default_methods()) - {"full"}
-    assert (ROOT / "docs" / "plm-sparsity.md").read_text() == plm_markdown(), "run python docs/generate_bench.py"
 
 
 def test_the_readme_table_has_a_row_for_every_method():

@@ -60,7 +60,7 @@ def test_every_peft_type_is_read_or_refused_with_a_reason():
 
 
 def test_the_guide_for_peft_users_lists_the_types_read_and_refused():
-    guide = (Path(__file__).parents[2] / "docs" / "moving-from-peft.md").read_text()
+    guide = (Path(__file__).parents[2] / "docs" / "guides" / "moving-from-peft.md").read_text()
     section = guide[guide.index("## Method types"):guide.index("## torch.compile")]
     listed = section[section.index("peft 0.21.2:"):section.index(". For")]
     assert sorted(re.findall(r"[A-Z][A-Z0-9_]+", listed.removeprefix("peft 0.21.2:"))) == SUPPORTED
