@@ -1,7 +1,8 @@
 """Write the benchmark pages, docs/benchmarks/, from the result files in ``benchmarks/results/``: a page per
 benchmark (``PAGES``; each names the command, machine and date of its runs, as recorded in its result files), the
 plots they show copied into docs/benchmarks/img/, and docs/benchmarks/index.md, the table of contents with each
-page's headline and the headline numbers (``headline_numbers()``, also for the README's front page).
+page's headline and the headline numbers (``headline_numbers()``), which also go on the README's front page,
+between its marker comments (``readme()``).
 
 Run: python docs/generate_benchmarks.py"""
 
@@ -18,6 +19,9 @@ from benchmark_pages import accuracy, bench, memory, recipes, speed, transfer  #
 from benchmark_pages.common import GENERATOR, RESULTS, Page, load, table  # noqa: E402
 
 TARGET = Path(__file__).resolve().parent / "benchmarks"
+README = Path(__file__).resolve().parents[1] / "README.md"
+README_START = "<!-- the headline numbers: written by python docs/generate_benchmarks.py -->"
+README_END = "<!-- end of the headline numbers -->"
 PAGES = [speed.lora_vs_peft, speed.gpu_lora, memory.memory_methods, speed.compile_step, speed.mixed_batch,
          speed.cli_startup, bench.bench_default, bench.bench_gpu, bench.methods, accuracy.methods_sst2,
          accuracy.apet_sweep, accuracy.plm_sparsity, transfer.scalearn_transfer, transfer.panda_transfer,
@@ -45,8 +49,10 @@ def _breadth() -> tuple[int, int, list[str], list[str]]:
     from generate_bench import bench_rows, bench_runs
     from peft.utils import PeftType
 
+    import peftkit
     from peftkit.core.registry import quantized_forms
 
+    peftkit.load_builtins()  # the quantised forms are known once the built-in methods have registered
     recorded = {record["environment"]["versions"]["peft"] for _, record in bench_runs()}
     if recorded != {peft.__version__}:
         raise RuntimeError(f"the bench runs record peft {recorded}, this environment has peft {peft.__version__}")
@@ -79,6 +85,32 @@ def headline_numbers() -> list[Headline]:
                  "them)", "methods.md", tuple(r.command for r in bench_page.runs), bench_page.machines(),
                  bench_page.dates()),
     ]
+
+
+def _hardware(machine: str) -> str:
+    """A machine in a few words, without software versions: "one NVIDIA H200", "a CPU (x86_64, 2 cores)"."""
+    words = []
+    for one in machine.split("; "):
+        parts = [part for part in one.split(", ") if not part.startswith(("torch ", "python "))]
+        words.append(f"a CPU ({', '.join(parts[:-1])})" if parts[-1] == "CPU" else f"one {', '.join(parts)}")
+    return " and ".join(dict.fromkeys(words))
+
+
+def readme_headlines() -> str:
+    """The README's headline numbers: each claim linked to its page (paths relative to the repository), grouped by
+    the setting and the machine they were measured on."""
+    groups: dict[tuple[str, str], list[Headline]] = {}
+    for headline in headline_numbers():
+        groups.setdefault((headline.setting, _hardware(headline.machine)), []).append(headline)
+    claims = {key: "; ".join(f"**{h.name.capitalize()}**: [{h.claim}](docs/benchmarks/{h.page})" for h in group)
+              for key, group in groups.items()}
+    return "\n".join(f"- {claims[setting, hardware]} — {setting}; on {hardware}." for setting, hardware in claims)
+
+
+def readme(text: str) -> str:
+    """README.md with its headline numbers made from the result files."""
+    start, end = text.index(README_START), text.index(README_END)
+    return text[:start] + "\n".join([README_START, readme_headlines()]) + "\n" + text[end:]
 
 
 def index_markdown(pages: list[Page]) -> str:
@@ -127,7 +159,8 @@ def main() -> None:
             path.write_bytes(content)
         else:
             path.write_text(content)
-    print(f"wrote {len(files)} files in {TARGET}")
+    README.write_text(readme(README.read_text()))
+    print(f"wrote {len(files)} files in {TARGET} and the headline numbers in {README}")
 
 
 if __name__ == "__main__":

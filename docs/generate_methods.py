@@ -1,7 +1,8 @@
 """Write the method pages of the docs from the method registry: docs/methods/index.md, the table of methods, and
 docs/methods/NAME.md, one page per registered method (its docstring, options, defaults and its row on the default
-bench job), and the list of those pages in mkdocs.yml's nav. Each method's registration carries its description,
-default learning rate, variants and quantised forms. Run: python docs/generate_methods.py"""
+bench job), the list of those pages in mkdocs.yml's nav, and the compact table of methods on the README's front page
+(between its marker comments). Each method's registration carries its description, default learning rate, variants
+and quantised forms. Run: python docs/generate_methods.py"""
 
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ TARGET = PAGES / "index.md"
 MKDOCS = ROOT / "mkdocs.yml"
 NAV_START = "      # the method pages: written by python docs/generate_methods.py"
 NAV_END = "      # end of the method pages"
+README = ROOT / "README.md"
+README_START = "<!-- the table of methods: written by python docs/generate_methods.py -->"
+README_END = "<!-- end of the table of methods -->"
 
 sys.path.insert(0, str(DOCS))
 try:
@@ -277,6 +281,30 @@ def mkdocs_yml(text: str) -> str:
     return text[:start] + "\n".join([NAV_START, *entries]) + "\n" + text[end:]
 
 
+def readme_methods_table() -> str:
+    """The README's table of methods: one row per registered method, quantised form and full fine-tuning, with its
+    ``--method`` name, whether peft reads its adapters, and a link to its page (paths relative to the repository;
+    a quantised form links to its guide, docs/guides/NAME.md, where there is one, else to its method's page)."""
+    peftkit.load_builtins()
+    rows = []
+    for name, method in registered_methods().items():
+        reads = "yes" if method.peft_reads else "no"
+        rows.append((name, f"[{_title(method)[0]}](docs/methods/{name}.md)", reads))
+        for form_name, form in method.quantized.items():
+            guide = DOCS / "guides" / f"{form_name}.md"
+            page = guide.relative_to(ROOT).as_posix() if guide.is_file() else f"docs/methods/{name}.md"
+            rows.append((form_name, f"[{form.description.partition(': ')[0]}]({page})", reads))
+    return "\n".join(["| method | `--method` | peft reads it |", "|---|---|---|",
+                      *(f"| {title} | `{name}` | {reads} |" for name, title, reads in sorted(rows)),
+                      f"| full fine-tuning (the reference) | `{FULL_FINE_TUNING}` | — |"])
+
+
+def readme(text: str) -> str:
+    """README.md with its table of methods made from the registry."""
+    start, end = text.index(README_START), text.index(README_END)
+    return text[:start] + "\n".join([README_START, readme_methods_table()]) + "\n" + text[end:]
+
+
 if __name__ == "__main__":
     TARGET.write_text(methods_markdown())
     pages = method_pages()
@@ -285,4 +313,5 @@ if __name__ == "__main__":
     for name, text in pages.items():
         (PAGES / name).write_text(text)
     MKDOCS.write_text(mkdocs_yml(MKDOCS.read_text()))
-    print(f"wrote {TARGET}, {len(pages)} method pages in {PAGES} and their nav in {MKDOCS}")
+    README.write_text(readme(README.read_text()))
+    print(f"wrote {TARGET}, {len(pages)} method pages in {PAGES}, their nav in {MKDOCS} and the table in {README}")

@@ -123,9 +123,18 @@ def test_the_bench_results_have_a_row_for_every_bench_name():
     assert set(documented_rows()) == set(default_methods()) - {"full"}
 
 
-def test_the_readme_table_has_a_row_for_every_method():
-    readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("| `--method` | config |"):]
-    table = table[:table.index("\n\n")]
-    rows = set(re.findall(r"^\| `([a-z_0-9]+)` \|", table, flags=re.MULTILINE))
-    assert rows == {"full", *registered_methods(), *quantized_forms()}
+def test_the_readme_table_of_methods_is_generated_and_has_a_row_for_every_method():
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        from generate_methods import README_END, README_START, readme
+    finally:
+        sys.path.pop(0)
+    text = (ROOT / "README.md").read_text()
+    assert text == readme(text), "README.md's table of methods: run python docs/generate_methods.py"
+    table = text[text.index(README_START):text.index(README_END)]
+    rows = re.findall(r"^\| (.+?) \| `([a-z_0-9]+)` \| (yes|no|—) \|$", table, flags=re.MULTILINE)
+    assert sorted(name for _, name, _ in rows) == sorted({"full", *registered_methods(), *quantized_forms()})
+    for title, name, _ in rows:
+        if name != "full":
+            page = re.fullmatch(r"\[.+\]\((docs/[a-z0-9_/]+\.md)\)", title).group(1)
+            assert (ROOT / page).is_file(), (name, page)

@@ -80,6 +80,15 @@ def test_the_headline_numbers_are_speed_memory_and_breadth_against_peft(generato
         assert headline.claim in files["index.md"]
 
 
+def test_the_readme_shows_the_headline_numbers_as_generated(generator):
+    text = (ROOT / "README.md").read_text()
+    assert text == generator.readme(text), f"README.md's headline numbers: {REGENERATE}"
+    block = text[text.index(generator.README_START):text.index(generator.README_END)]
+    for headline in generator.headline_numbers():
+        assert f"[{headline.claim}](docs/benchmarks/{headline.page})" in block
+    assert not re.search(r"\b20\d\d-\d\d-\d\d\b|torch \d", block), "no dates or versions on the front page"
+
+
 def test_bench_rows_stay_importable_from_generate_bench(generator):
     from generate_bench import bench_rows
 
