@@ -11,7 +11,7 @@ import importlib
 
 from peftkit.core.logs import quiet_library_logs
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place the version is written: pyproject.toml reads it from here (dynamic)
 
 # public name -> the module that defines it
 _EXPORTS = {
@@ -54,6 +54,7 @@ _EXPORTS = {
     "LoraConfig": "peftkit.methods.lora",
     "MeftConfig": "peftkit.methods.meft",
     "Method": "peftkit.core.registry",
+    "MissingExtraError": "peftkit.core.errors",
     "Parallel": "peftkit.core.composition",
     "PeftConfig": "peftkit.core.config",
     "PeftkitError": "peftkit.core.errors",

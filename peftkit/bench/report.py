@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from peftkit.core.errors import require_extra
 from peftkit.recipes.training import FULL_FINE_TUNING
 
 MIB = 2**20
@@ -106,8 +107,7 @@ def markdown_table(summaries: list[dict]) -> str:
 
 def plot(summaries: list[dict], folder: Path, title: str) -> list[Path]:
     """Score against trainable parameters (log scale) and against peak memory, a point per row."""
-    import matplotlib
-
+    matplotlib = require_extra("matplotlib", "bench", "it draws peftkit bench's plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

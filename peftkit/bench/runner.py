@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from peftkit.bench.rows import BenchRow
 from peftkit.bench.worker import PEFT
-from peftkit.core.errors import ConfigError
+from peftkit.core.errors import ConfigError, require_extra
 from peftkit.core.registry import method_form, quantized_forms
 from peftkit.recipes.training import FULL_FINE_TUNING, TrainOptions
 from peftkit.utils.memory import FIXED_MMAP_THRESHOLD
@@ -252,6 +252,7 @@ def run_bench(rows: list[BenchRow], settings: BenchSettings, seeds: list[int], o
               vs_peft: bool = False, one_worker: bool | None = None) -> BenchRun:
     """Run (or finish) the bench in ``output``; the records of all its jobs, in order. ``one_worker``: run
     every job in one worker process (default: on CUDA only, where peak memory is reset per job)."""
+    require_extra("matplotlib", "bench", "it draws peftkit bench's plots")  # now, not after the runs
     if settings.device == "cuda":
         import torch
 

@@ -19,7 +19,11 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
-from nltk.stem.porter import PorterStemmer
+from peftkit.core.errors import require_extra
+
+# checked on import, so that --recipe keyphrase stops before it trains
+require_extra("nltk", "keyphrases", "keyphrase scoring stems words with its Porter stemmer")
+from nltk.stem.porter import PorterStemmer  # noqa: E402
 
 WORD = re.compile(r"[^\W_]+", re.UNICODE)
 STEMMER = PorterStemmer()

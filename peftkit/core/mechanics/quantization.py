@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from peftkit.core.errors import ConfigError
+from peftkit.core.errors import ConfigError, require_extra
 from peftkit.core.module_names import ALL_LINEAR, name_matches, output_heads
 
 BLOCK_SIZE = 64
@@ -26,15 +26,14 @@ MAX_SCALER_BLOCK = 256
 
 
 def _torchao_nf4():
-    try:
-        from torchao.quantization import NF4Tensor, to_nf4
-    except ImportError:
-        raise ConfigError("4-bit NF4 weights need torchao: pip install torchao") from None
+    require_extra("torchao", "qlora", "it stores QLoRA's and LoftQ's 4-bit NF4 weights")
+    from torchao.quantization import NF4Tensor, to_nf4
+
     return NF4Tensor, to_nf4
 
 
 def is_nf4(tensor) -> bool:
-    if "torchao" not in sys.modules:  # no NF4 tensor can exist before torchao is imported
+    if sys.modules.get("torchao") is None:  # no NF4 tensor can exist before torchao is imported (or without it)
         return False
     return isinstance(tensor, _torchao_nf4()[0])
 
