@@ -25,7 +25,7 @@ README_END = "<!-- end of the headline numbers -->"
 PAGES = [speed.lora_vs_peft, speed.gpu_lora, memory.memory_methods, speed.compile_step, speed.mixed_batch,
          speed.cli_startup, bench.bench_default, bench.bench_gpu, bench.methods, accuracy.methods_sst2,
          accuracy.apet_sweep, accuracy.plm_sparsity, transfer.scalearn_transfer, transfer.panda_transfer,
-         recipes.maft_ner, recipes.few_shot_sst2, recipes.keyphrases_inspec]
+         recipes.maft_ner, recipes.few_shot_sst2, recipes.keyphrases_inspec, recipes.defaults]
 
 
 @dataclass(frozen=True)

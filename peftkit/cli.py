@@ -231,6 +231,8 @@ def _print_summary(options, result) -> None:
               f"(share of {split} activations with |a| > {DENSITY_THRESHOLD:.1e})")
     print(f"  wall time:            {int(minutes)}m {seconds:04.1f}s (training {result.train_seconds:.1f}s, "
           f"{result.steps} steps)")
+    if result.budget is not None:
+        print(f"  budget:               {result.budget}")
     print(f"  peak memory:          {result.peak_memory_mib:,.0f} MiB")
     if options.recipe in ("mlm", "self-evolution"):
         print(f"  model saved to:       {result.output}/ (a transformers model folder: fine-tune it with --model)")
@@ -442,7 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--eval", help="evaluation file; default: SST-2 dev, or 10%% held out of --train")
     train.add_argument("--model", help="local transformers model folder; default: bundled all-MiniLM-L6-v2")
     train.add_argument("--method", help="PEFT method (default lora): {methods}")
-    train.add_argument("--epochs", type=float, help="passes over the training data (default 1)")
+    train.add_argument("--epochs", type=float,
+                       help="passes over the training data (default: until 6,000 rows are seen, 1 to 30)")
     train.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
     train.add_argument("--bf16", action="store_true", default=None,
                        help="bfloat16 autocast (CUDA, or a CPU with AVX-512 BF16 / AMX)")
@@ -455,8 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="distil the logits of this saved adapter of the same task (PANDA's second term)")
     train.add_argument("--distill-weight", type=float, metavar="BETA", help="weight of the distillation term "
                        "(default 1)")
-    train.add_argument("--batch-size", type=int, help="examples per optimizer step, per process (default 32)")
-    train.add_argument("--max-length", type=int, help="tokens per example (default 128)")
+    train.add_argument("--batch-size", type=int, help="examples per optimizer step, per process "
+                       "(default: 8 under 5,000 training rows, 16 under 50,000, else 32)")
+    train.add_argument("--max-length", type=int,
+                       help="tokens per example (default: the multiple of 64 that holds 99%% of the training rows)")
     train.add_argument("--seed", type=int, help="random seed: initialisation, data order, dropout (default 42)")
     train.add_argument("--output", help="adapter folder to write (default: peftkit-adapter)")
     train.add_argument("--save-steps", type=int, metavar="N", help="checkpoint the trainable state, optimizer, "

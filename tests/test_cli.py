@@ -7,6 +7,7 @@ import sys
 import pytest
 from transformers import BertForSequenceClassification
 
+import peftkit
 from peftkit.cli import main
 
 
@@ -159,7 +160,8 @@ def test_version_and_help_answer_without_loading_torch_and_print_nothing_else():
              "heavy = [m for m in ('torch', 'transformers', 'peft', 'torchao') if m in sys.modules]\n"
              "assert not heavy, heavy")
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
-    assert result.returncode == 0 and result.stdout.strip() == "peftkit 0.1.0" and result.stderr == "", result
+    assert result.returncode == 0 and result.stderr == "", result
+    assert result.stdout.strip() == f"peftkit {peftkit.__version__}"
     result = subprocess.run([sys.executable, "-m", "peftkit", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "train" in result.stdout and result.stderr == ""
 
@@ -169,3 +171,20 @@ def test_a_command_prints_no_library_warnings_before_its_own_output(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.splitlines() == [
         f"peftkit: error: {tmp_path / 'missing'}: adapter folder not found (peftkit loads local folders only)"]
+
+
+def test_train_without_a_budget_chooses_one_from_the_data_and_says_why(model_dir, data, tmp_path, capsys):
+    rows = (data / "train.csv").read_text().splitlines()
+    (tmp_path / "small.csv").write_text("\n".join(rows[:21]) + "\n")  # the header and 20 rows
+    code = main(["train", "--model", str(model_dir), "--train", str(tmp_path / "small.csv"), "--eval",
+                 str(data / "dev.jsonl"), "--text-column", "review", "--label-column", "sentiment",
+                 "--output", str(tmp_path / "adapter"), "-o", "r=4"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    # under 5,000 rows: batch 8, 3 steps an epoch; 30 epochs (6,000 rows seen wanted, at most 30); the tiny
+    # model's 32 positions cap the length; warm-up 6 % of 90 steps
+    assert ("budget:               30 epoch(s) = 90 steps (20 rows: passes until 6,000 rows are seen, at most 30), "
+            "batch 8 (20 rows: under 5,000), 32 tokens (the model's positions), warm-up 6 steps") in printed
+    assert "training " in printed and " 90 steps)" in printed
+    task = json.loads((tmp_path / "adapter" / "peftkit_task.json").read_text())
+    assert task["max_length"] == 32

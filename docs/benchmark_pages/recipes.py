@@ -121,3 +121,28 @@ def keyphrases_inspec() -> Page:
         "slots even when fewer are predicted) and F1@M on lower-cased, Porter-stemmed, de-duplicated phrases, for "
         "the keyphrases present in the abstract (and, for generation, the absent ones).",
         runs, body)
+
+
+def defaults() -> Page:
+    record = load("defaults.json")
+    jobs = record["jobs"]
+    rows = [[job["data"], f"`{job['train_command']}`", f"{job['train_examples']:,} / {job['eval_examples']:,}",
+             f"{job['metric']} {score(job['score'])}", f"≥ {job['goal']:.2f}",
+             "met" if job["score"] >= job["goal"] else "not met", f"{job['seconds'] / 60:.1f} min", job["budget"]]
+            for job in jobs.values()]
+    met = sum(job["score"] >= job["goal"] for job in jobs.values())
+    return Page(
+        "defaults", "peftkit train with its defaults, on the bundled data sets",
+        f"defaults only: {met} of {len(jobs)} goals met ("
+        + ", ".join(f"{job['data']} {score(job['score'])}" for job in jobs.values()) + ")",
+        "Whether the budget `peftkit train` chooses from the data (batch 8 under 5,000 rows, 16 under 50,000; "
+        "epochs until 6,000 rows are seen, the length that holds 99 % of the rows; a recipe's own defaults where it "
+        "has them) works without any option. Each row is the command a user would type — only the data files — run "
+        "once (seed 42). RTE and CommitmentBank ship without a dev set: a seeded shuffle (seed 0) of the training file "
+        "holds out its first 277 / 56 rows (the official dev sets' sizes).",
+        [run(job["data"], "defaults.json", job) for job in jobs.values()],
+        ["## Scores with the defaults", "",
+         *table(["data", "command", "train / eval rows", "score", "goal", "", "wall time", "budget chosen"], rows,
+                "llrrrlrl"),
+         *([""] + [f"- {job['data']}: {job['note']}." for job in jobs.values() if "note" in job]
+           if any("note" in job for job in jobs.values()) else [])])

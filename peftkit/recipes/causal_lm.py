@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from peftkit.core.mechanics.sharding import held_parameters
+from peftkit.core.mechanics.sharding import held_parameters, process_count
 from peftkit.core.peft_model import PeftModel
-from peftkit.core.pretrained import load_causal_lm, resolve_causal_lm_dir
+from peftkit.core.pretrained import load_causal_lm, position_limit, resolve_causal_lm_dir
 from peftkit.objectives.density import DensityLoss
+from peftkit.recipes.budget import settle_budget
 from peftkit.recipes.training import (
     FULL_FINE_TUNING,
     ObjectiveTrainer,
@@ -46,6 +47,7 @@ from peftkit.tasks.data import read_rows
 from peftkit.utils.memory import peak_rss_mib
 
 MAX_CANDIDATES = 20
+UNCUT = 1 << 30  # a max_length that cuts nothing: to measure the rows
 
 
 class LeftPadCollator:
@@ -160,13 +162,17 @@ def _data(options: TrainOptions, tokenizer) -> tuple[list[Example], list[Example
     return train, evaluation
 
 
-def train_causal_lm(options: TrainOptions) -> TrainResult:
-    """Train ``options.method`` (any registered method, qlora, or "full") on a causal LM and score it."""
+def train_causal_lm(options: TrainOptions, recipe_defaults: dict | None = None) -> TrainResult:
+    """Train ``options.method`` (any registered method, qlora, or "full") on a causal LM and score it; the
+    budget a user leaves unset comes from ``recipe_defaults``, else from the data (``recipes/budget.py``)."""
     started = time.perf_counter()
     torch.manual_seed(options.seed)
     model_dir = resolve_causal_lm_dir(options.model)
     tokenizer, model = load_causal_lm(model_dir, sharded=loads_sharded(options))
     train_examples, eval_examples = _data(options, tokenizer)
+    lengths = [len(encode(tokenizer, example, UNCUT)["input_ids"]) for example in train_examples]
+    options, budget = settle_budget(options, len(train_examples), lengths, position_limit(model_dir),
+                                    recipe_defaults)
     peft_model, quantization = with_method(model, options.method, recipe_config(options, "CAUSAL_LM", model_dir, []),
                                            sharded_run(options))
     trainable, total = parameter_counts(peft_model)
@@ -189,6 +195,7 @@ def train_causal_lm(options: TrainOptions) -> TrainResult:
         correct=correct or 0, train_seconds=train_seconds, wall_seconds=time.perf_counter() - started,
         peak_memory_mib=peak_rss_mib(), output=output, losses=progress.losses, step_seconds=progress.step_seconds,
         eval_loss=eval_loss, steps=len(progress.step_seconds), held_parameters=held,
+        budget=budget.describe(len(train_examples), process_count()),
     )
 
 

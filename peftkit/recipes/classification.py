@@ -18,10 +18,11 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 
 from peftkit.core.errors import ConfigError
-from peftkit.core.mechanics.sharding import held_parameters
-from peftkit.core.pretrained import load_sequence_classifier, resolve_model_dir
+from peftkit.core.mechanics.sharding import held_parameters, process_count
+from peftkit.core.pretrained import load_sequence_classifier, position_limit, resolve_model_dir
 from peftkit.objectives.density import DENSITY_THRESHOLD, DensityLoss, activation_density
 from peftkit.objectives.distillation import DistillationLoss
+from peftkit.recipes.budget import Budget, settle_budget
 from peftkit.recipes.training import (
     TrainOptions,
     TrainResult,
@@ -45,6 +46,7 @@ from peftkit.tasks.classification import (
     bundled_sst2,
     find_columns,
     load_examples,
+    token_lengths,
     tokenize,
 )
 from peftkit.tasks.data import read_rows
@@ -93,6 +95,8 @@ class ClassifierSetup:
     dataset: list[dict]
     eval_encoded: list[dict]
     learning_rate: float
+    options: TrainOptions  # with the budget settled
+    budget: Budget
 
 
 def setup_classifier(options: TrainOptions, wrap=with_method) -> ClassifierSetup:
@@ -103,17 +107,21 @@ def setup_classifier(options: TrainOptions, wrap=with_method) -> ClassifierSetup
     data = load_task_data(options)
     config = recipe_config(options, "SEQ_CLS", data.model_dir, data.labels.names)
     tokenizer, model = load_sequence_classifier(data.model_dir, data.labels.names, sharded=loads_sharded(options))
+    options, budget = settle_budget(options, len(data.train.labels), token_lengths(tokenizer, data.train),
+                                    position_limit(data.model_dir))
     peft_model, quantization = wrap(model, options.method, config, sharded_run(options))
     return ClassifierSetup(data=data, tokenizer=tokenizer, model=peft_model, quantization=quantization,
                            dataset=tokenize(tokenizer, data.train, options.max_length, "training"),
                            eval_encoded=tokenize(tokenizer, data.eval, options.max_length, "evaluation"),
-                           learning_rate=options.lr or learning_rate_for(options.method))
+                           learning_rate=options.lr or learning_rate_for(options.method), options=options,
+                           budget=budget)
 
 
 def train_classifier(options: TrainOptions) -> TrainResult:
     """Train ``options.method`` (any registered method, or "full") and score it; see the module docstring."""
     started = time.perf_counter()
     setup = setup_classifier(options)
+    options = setup.options
     data, tokenizer, peft_model, eval_encoded = setup.data, setup.tokenizer, setup.model, setup.eval_encoded
     trainable, total = parameter_counts(peft_model)
     held = held_parameters(peft_model)
@@ -145,6 +153,7 @@ def train_classifier(options: TrainOptions) -> TrainResult:
         train_seconds=train_seconds, wall_seconds=time.perf_counter() - started, peak_memory_mib=peak_rss_mib(),
         output=output, losses=progress.losses, step_seconds=progress.step_seconds, steps=len(progress.step_seconds),
         density=density, held_parameters=held,
+        budget=setup.budget.describe(len(data.train.labels), process_count()),
     )
 
 

@@ -43,6 +43,9 @@ from peftkit.tasks.keyphrases import (
 
 GENERATION_PROMPT = "Title and abstract: {text}\nKeyphrases:"
 SEPARATOR = " ; "
+# the settings of benchmarks/keyphrases_inspec.py (abstracts run to ~350 tokens), where the user gives none
+EXTRACTION_DEFAULTS = {"epochs": 3.0, "batch_size": 16, "max_length": 384}
+GENERATION_DEFAULTS = {"epochs": 1.0, "batch_size": 8, "max_length": 384}
 
 
 @dataclass
@@ -103,7 +106,8 @@ def extract_keyphrases(options: TrainOptions) -> ExtractionRun:
         _write_jsonl(folder / "train.jsonl", [bio_row(d.text, d.keyphrases) for d in train])
         _write_jsonl(folder / "eval.jsonl", [bio_row(d.text, d.keyphrases) for d in evaluation])
         run = train_tagger(replace(options, task="token-classification", train=str(folder / "train.jsonl"),
-                                   eval=str(folder / "eval.jsonl"), text_column="tokens", label_column="tags"))
+                                   eval=str(folder / "eval.jsonl"), text_column="tokens", label_column="tags"),
+                           EXTRACTION_DEFAULTS)
     predictions = [phrases_from_tags(tokens, tags) for tokens, tags in zip(run.words, run.predicted, strict=True)]
     present = corpus_scores(predictions, gold_sets(evaluation)[0])
     tfidf = tfidf_scores(train, evaluation)
@@ -173,7 +177,7 @@ def generate_keyphrases(options: TrainOptions, eval_documents: int | None = None
         _write_jsonl(folder / "train.jsonl", generation_rows(train))
         _write_jsonl(folder / "eval.jsonl", generation_rows(evaluation))
         result = train_causal_lm(replace(options, task="causal-lm", train=str(folder / "train.jsonl"),
-                                         eval=str(folder / "eval.jsonl")))
+                                         eval=str(folder / "eval.jsonl")), GENERATION_DEFAULTS)
     if options.method == FULL_FINE_TUNING:  # the output folder is the whole trained model
         tokenizer, model = load_causal_lm(result.output)
     else:

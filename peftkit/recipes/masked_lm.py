@@ -28,6 +28,7 @@ from peftkit.core.errors import ConfigError, DataError
 from peftkit.core.peft_model import PeftModel
 from peftkit.core.pretrained import head_parameters, load_masked_lm, output_heads, resolve_model_dir
 from peftkit.objectives.self_evolution import SelfEvolution
+from peftkit.recipes.budget import fixed_budget
 from peftkit.recipes.training import (
     ObjectiveTrainer,
     TrainOptions,
@@ -156,6 +157,7 @@ def train_masked_lm(options: TrainOptions, objective: str = "mlm") -> TrainResul
     """Adaptive masked-LM training (see the module docstring); writes a model folder to ``options.output``."""
     if objective not in OBJECTIVES:
         raise ConfigError(f"masked-LM objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    options = fixed_budget(options)
     if not options.train:
         raise ConfigError("masked-LM training needs --train FILE (raw text: a .txt file, one passage a line)")
     started = time.perf_counter()

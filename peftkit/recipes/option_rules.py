@@ -56,8 +56,9 @@ def flag() -> Rule:
 
 RULES: dict[str, Rule] = {
     "task": choice(TASKS), "recipe": choice(RECIPES, optional=True), "train": text(), "eval": text(),
-    "model": text(), "method": text(optional=False), "epochs": positive(), "max_steps": whole(1, optional=True),
-    "lr": positive(optional=True), "batch_size": whole(1), "max_length": whole(1), "seed": whole(0),
+    "model": text(), "method": text(optional=False), "epochs": positive(optional=True),
+    "max_steps": whole(1, optional=True), "lr": positive(optional=True), "batch_size": whole(1, optional=True),
+    "max_length": whole(1, optional=True), "seed": whole(0),
     "bf16": flag(), "output": text(optional=False), "text_column": text(), "text_pair_column": text(),
     "label_column": text(), "eval_fraction": between_zero_and_one(),
     "method_options": Rule(lambda v: isinstance(v, dict), "a mapping of method options"),

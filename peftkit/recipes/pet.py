@@ -27,6 +27,7 @@ from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from peftkit.core.errors import ConfigError
+from peftkit.recipes.budget import fixed_budget
 from peftkit.recipes.training import (
     TrainOptions,
     TrainResult,
@@ -214,6 +215,7 @@ def train_pet(options: TrainOptions, pattern: Pattern) -> TrainResult:
     from peftkit.recipes.classification import load_task_data
 
     started = time.perf_counter()
+    options = fixed_budget(options)
     torch.manual_seed(options.seed)
     data = load_task_data(options)
     tokenizer, model, causal, model_dir = load_cloze_model(options)

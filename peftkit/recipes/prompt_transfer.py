@@ -28,6 +28,7 @@ import torch
 from transformers import DataCollatorWithPadding
 
 from peftkit.objectives.density import feed_forward_activations
+from peftkit.recipes.budget import fixed_budget
 from peftkit.recipes.classification import train_classifier
 from peftkit.recipes.training import TrainOptions, load_saved_adapter
 
@@ -96,6 +97,7 @@ def prompt_transfer(source: TrainOptions, target: TrainOptions, work_dir: Path, 
     """Source prompt (unless ``source_dir`` holds one), then on the target: from scratch, vanilla transfer
     (the teacher) and PANDA; the options' method must be a soft-prompt method (``prompt``)."""
     work_dir = Path(work_dir)
+    source, target = fixed_budget(source), fixed_budget(target)
     if source_dir is None:
         source_dir = work_dir / "source"
         train_classifier(replace(source, output=str(source_dir)))

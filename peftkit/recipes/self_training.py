@@ -28,6 +28,7 @@ from peftkit.core.errors import ConfigError
 from peftkit.core.peft_model import PeftModel
 from peftkit.methods.lite_adapter import LiteAdapterConfig
 from peftkit.objectives.meta_weights import meta_weights
+from peftkit.recipes.budget import fixed_budget
 from peftkit.recipes.pet import (
     ClozeClassifier,
     ClozeCollator,
@@ -37,6 +38,8 @@ from peftkit.recipes.pet import (
     encode_examples,
 )
 from peftkit.tasks.classification import Examples
+
+LIST_DEFAULTS = {"max_length": 64}  # the setting of benchmarks/few_shot_sst2.py
 
 
 def few_shot_split(examples: Examples, per_class: int, unlabelled: int | None, seed: int
@@ -207,6 +210,7 @@ def train_list(options, pattern: Pattern, shots: int = 16, unlabelled: int | Non
     from peftkit.utils.memory import peak_rss_mib
 
     started = time.perf_counter()
+    options = fixed_budget(options, LIST_DEFAULTS)
     torch.manual_seed(options.seed)
     data = load_task_data(options)
     labelled, pool = few_shot_split(data.train, shots, unlabelled, options.seed)

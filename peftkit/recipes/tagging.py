@@ -15,8 +15,9 @@ import torch
 from transformers import DataCollatorForTokenClassification
 
 from peftkit.core.errors import ConfigError
-from peftkit.core.mechanics.sharding import held_parameters
-from peftkit.core.pretrained import load_token_classifier, resolve_model_dir
+from peftkit.core.mechanics.sharding import held_parameters, process_count
+from peftkit.core.pretrained import load_token_classifier, position_limit, resolve_model_dir
+from peftkit.recipes.budget import settle_budget
 from peftkit.recipes.training import (
     TrainOptions,
     TrainResult,
@@ -39,6 +40,7 @@ from peftkit.tasks.tagging import (
     entity_scores,
     find_tag_columns,
     load_tagged,
+    tagged_lengths,
     tokenize_tagged,
 )
 from peftkit.utils.memory import peak_rss_mib
@@ -104,14 +106,17 @@ class TaggerRun:
     predicted: list[list[str]]  # and their predicted tags
 
 
-def train_tagger(options: TrainOptions) -> TaggerRun:
-    """Train ``options.method`` for token tagging and score it (see the module docstring)."""
+def train_tagger(options: TrainOptions, recipe_defaults: dict | None = None) -> TaggerRun:
+    """Train ``options.method`` for token tagging and score it (see the module docstring); the budget a user
+    leaves unset comes from ``recipe_defaults``, else from the data (``recipes/budget.py``)."""
     started = time.perf_counter()
     torch.manual_seed(options.seed)
     model_dir = resolve_model_dir(options.model)
     data = load_tagging_data(options)
     config = recipe_config(options, "TOKEN_CLS", model_dir, data.tags.names)
     tokenizer, model = load_token_classifier(model_dir, data.tags.names, sharded=loads_sharded(options))
+    options, budget = settle_budget(options, len(data.train.tags), tagged_lengths(tokenizer, data.train),
+                                    position_limit(model_dir), recipe_defaults)
     peft_model, quantization = with_method(model, options.method, config, sharded_run(options))
     trainable, total = parameter_counts(peft_model)
     held = held_parameters(peft_model)
@@ -119,7 +124,7 @@ def train_tagger(options: TrainOptions) -> TaggerRun:
     evaluation = tokenize_tagged(tokenizer, data.eval, options.max_length)
     progress, train_seconds = run_trainer(peft_model, without_word_ids(train),
                                           DataCollatorForTokenClassification(tokenizer), options,
-                                          options.lr or learning_rate_for(options.method))
+                                          options.lr or learning_rate_for(options.method, TASK))
     with autocast(options):
         predicted = predict_tags(peft_model, tokenizer, evaluation, data.eval.words, data.tags.names)
     scores = entity_scores([[data.tags.names[t] for t in row] for row in data.eval.tags], predicted)
@@ -135,5 +140,5 @@ def train_tagger(options: TrainOptions) -> TaggerRun:
         steps=len(progress.step_seconds), metric=("entity F1", scores.f1,
                                                   f"P {scores.precision:.4f}, R {scores.recall:.4f}; "
                                                   f"{scores.correct}/{scores.gold} gold entities found"),
-        held_parameters=held)
+        held_parameters=held, budget=budget.describe(len(train), process_count()))
     return TaggerRun(result, scores, data.eval.words, predicted)

@@ -50,11 +50,11 @@ class TrainOptions:
     eval: str | None = None
     model: str | None = None
     method: str = "lora"
-    epochs: float = 1.0
+    epochs: float | None = None  # None: chosen from the data (recipes/budget.py)
     max_steps: int | None = None  # overrides epochs
     lr: float | None = None
-    batch_size: int = 32
-    max_length: int = 128
+    batch_size: int | None = None  # None: chosen from the data
+    max_length: int | None = None  # None: chosen from the training rows' tokenised lengths
     seed: int = 42
     bf16: bool = False  # bfloat16 autocast (CUDA, or a CPU with AVX-512 BF16 / AMX)
     output: str = "peftkit-adapter"
@@ -105,6 +105,7 @@ class TrainResult:
     density: tuple[float, float] | None = None  # DEFT: feed-forward activation density before, after
     metric: tuple[str, float, str] | None = None  # another score: (name, value, detail), e.g. entity F1
     held_parameters: int | None = None  # sharded with FSDP: the parameters each process holds
+    budget: str | None = None  # the settled training budget and why (recipes/budget.py)
 
 
 class ProgressBar(TrainerCallback):
@@ -150,7 +151,7 @@ def prepare_run(options: TrainOptions) -> None:
     if model_dir is not None:
         check_tokenizer_files(model_dir)
     limit = None if model_dir is None else position_limit(model_dir)
-    if limit is not None and options.max_length > limit:
+    if limit is not None and options.max_length is not None and options.max_length > limit:
         options.max_length = limit  # rows cut there are counted in a note when the data are tokenised
     if options.overwrite and not options.resume and is_main_process():
         shutil.rmtree(target / CHECKPOINTS, ignore_errors=True)

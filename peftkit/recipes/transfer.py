@@ -27,6 +27,7 @@ from peftkit.core.composition import Fuse, Scale
 from peftkit.core.errors import ConfigError
 from peftkit.core.peft_model import PeftModel
 from peftkit.core.pretrained import load_sequence_classifier
+from peftkit.recipes.budget import fixed_budget
 from peftkit.recipes.classification import count_correct, load_task_data, train_classifier
 from peftkit.recipes.training import TrainOptions, run_trainer
 from peftkit.tasks.classification import tokenize
@@ -78,6 +79,7 @@ def train_transfer(options: TrainOptions, sources: dict[str, Path], method: str)
     if len(sources) < 2:
         raise ConfigError(f"transfer needs two or more source adapters, got {len(sources)}")
     make_composition, default_lr = TRANSFER_METHODS[method]
+    options = fixed_budget(options)
     torch.manual_seed(options.seed)
     data = load_task_data(options)
     tokenizer, model = load_sequence_classifier(data.model_dir, data.labels.names)

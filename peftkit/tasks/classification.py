@@ -152,6 +152,11 @@ def load_examples(path: Path | str, columns: Columns, labels: LabelSet | None = 
     ), labels
 
 
+def token_lengths(tokenizer, examples: Examples) -> list[int]:
+    """Each example's length in tokens, uncut."""
+    return [len(ids) for ids in tokenizer(examples.texts, examples.pairs, verbose=False)["input_ids"]]
+
+
 def tokenize(tokenizer, examples: Examples, max_length: int, what: str = "") -> list[dict]:
     """One dict per example (``input_ids``, ``attention_mask``, … and ``labels``), unpadded; ``what`` (e.g.
     "training"): note on stderr how many rows are cut at ``max_length``."""

@@ -69,6 +69,11 @@ def load_tagged(path: Path | str, columns: tuple[str, str], tag_set: LabelSet | 
     return TaggedExamples(all_words, encoded), tag_set
 
 
+def tagged_lengths(tokenizer, examples: TaggedExamples) -> list[int]:
+    """Each row's length in tokens, uncut."""
+    return [len(ids) for ids in tokenizer(examples.words, is_split_into_words=True, verbose=False)["input_ids"]]
+
+
 def tokenize_tagged(tokenizer, examples: TaggedExamples, max_length: int) -> list[dict]:
     """One dict per example: ``input_ids``, ``attention_mask``, ``labels`` (a word's tag at its first
     sub-word, -100 elsewhere) and ``word_ids`` (which word each token starts, -1 if none)."""

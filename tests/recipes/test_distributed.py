@@ -129,7 +129,7 @@ def test_gradient_checkpointing_recomputes_layers_and_trains_the_same(still_mode
         attention.register_forward_pre_hook(lambda *_: calls.append(1))
         from transformers import DataCollatorWithPadding
 
-        run_trainer(setup.model, setup.dataset, DataCollatorWithPadding(setup.tokenizer), options, 1e-2)
+        run_trainer(setup.model, setup.dataset, DataCollatorWithPadding(setup.tokenizer), setup.options, 1e-2)
         assert len(calls) == (6 if checkpointing else 3)  # forward again in each backward
         adapters.append({n: p.detach().clone() for n, p in setup.model.named_parameters() if p.requires_grad})
     for name, value in adapters[0].items():

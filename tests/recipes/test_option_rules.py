@@ -18,10 +18,10 @@ BAD_VALUES = {
     "task": ["regression", "", 3, None],
     "recipe": ["distil", "", 1],
     "method": ["", 5, None],
-    "epochs": NOT_POSITIVE + [None],
+    "epochs": NOT_POSITIVE,  # None: chosen from the data
     "max_steps": NOT_WHOLE,
     "lr": NOT_POSITIVE,
-    "batch_size": NOT_WHOLE + [None],
+    "batch_size": NOT_WHOLE,  # None: chosen from the data
     "max_length": NOT_WHOLE,
     "seed": [-1, 1.5, "x", None],
     "bf16": ["yes", 1, None],

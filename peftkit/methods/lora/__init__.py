@@ -35,7 +35,7 @@ register_method(
         combine_adapters=add_weighted_adapter,
         description="LoRA: a trained low-rank update B·A beside each targeted layer (DoRA, rsLoRA, PiSSA options)",
         learning_rate=1e-3,
-        task_learning_rates={"causal-lm": 2e-4},
+        task_learning_rates={"causal-lm": 2e-4, "token-classification": 2e-3},
         train_defaults={"r": 8, "lora_alpha": 16, "target_modules": "all-linear"},
         variants={"dora": {"use_dora": True}, "rslora": {"use_rslora": True}},
         quantized={"qlora": QuantizedForm("nf4", 2e-3, "QLoRA: LoRA on a base model stored in 4-bit NF4")},
