@@ -21,6 +21,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from peftkit.core.mechanics.sharding import process_count
+from peftkit.core.pretrained import position_limit, resolve_causal_lm_dir, resolve_model_dir
+
 MIN_ROWS_SEEN = 6000
 MAX_EPOCHS = 30
 LENGTH_STEP = 64
@@ -38,14 +41,16 @@ class Budget:
     max_length: int
     max_steps: int | None
     reasons: dict[str, str]
+    rows: int  # training rows
+    processes: int = 1  # torchrun / accelerate processes, each taking a batch a step
 
-    def steps(self, rows: int, processes: int = 1) -> int:
+    def steps(self) -> int:
         if self.max_steps:
             return self.max_steps
-        return math.ceil(self.epochs * math.ceil(rows / (self.batch_size * processes)))
+        return math.ceil(self.epochs * math.ceil(self.rows / (self.batch_size * self.processes)))
 
-    def describe(self, rows: int, processes: int = 1) -> str:
-        steps = self.steps(rows, processes)
+    def describe(self) -> str:
+        steps = self.steps()
         length = f"{self.max_length} tokens ({self.reasons['max_length']})"
         size = f"batch {self.batch_size} ({self.reasons['batch_size']})"
         span = (f"{steps} steps (--max-steps)" if self.max_steps else
@@ -68,17 +73,22 @@ def settle_budget(options, rows: int, lengths: Sequence[int], position_limit: in
     if position_limit is not None and max_length > position_limit:
         max_length, reasons["max_length"] = position_limit, "the model's positions"
     budget = Budget(epochs=epochs, batch_size=batch_size, max_length=max_length, max_steps=options.max_steps,
-                    reasons=reasons)
+                    reasons=reasons, rows=rows, processes=process_count())
     return dataclasses.replace(options, epochs=epochs, batch_size=batch_size, max_length=max_length), budget
 
 
 def fixed_budget(options, recipe_defaults: dict | None = None):
     """``options`` with an unset epochs, batch size or max length given the recipe's default, else one epoch
     of batches of 32 at 128 tokens: for the recipes whose budget does not follow the data (PET, masked-LM
-    pre-training, LiST, transfer)."""
+    pre-training, LiST, transfer). A length filled in is lowered to the model's positions, as a given one is
+    before the run (``prepare_run``)."""
     settled = {**FIXED, **(recipe_defaults or {})}
-    return dataclasses.replace(options, **{name: value if getattr(options, name) is None else getattr(options, name)
-                                           for name, value in settled.items()})
+    unset = {name: value for name, value in settled.items() if getattr(options, name) is None}
+    if "max_length" in unset:
+        model_dir = (resolve_causal_lm_dir if options.task == "causal-lm" else resolve_model_dir)(options.model)
+        limit = position_limit(model_dir)
+        unset["max_length"] = min(unset["max_length"], limit) if limit is not None else unset["max_length"]
+    return dataclasses.replace(options, **unset)
 
 
 def _pick(given, recipe_default, rule):

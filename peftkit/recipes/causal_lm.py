@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from peftkit.core.mechanics.sharding import held_parameters, process_count
+from peftkit.core.mechanics.sharding import held_parameters
 from peftkit.core.peft_model import PeftModel
 from peftkit.core.pretrained import load_causal_lm, position_limit, resolve_causal_lm_dir
 from peftkit.objectives.density import DensityLoss
@@ -195,7 +195,7 @@ def train_causal_lm(options: TrainOptions, recipe_defaults: dict | None = None) 
         correct=correct or 0, train_seconds=train_seconds, wall_seconds=time.perf_counter() - started,
         peak_memory_mib=peak_rss_mib(), output=output, losses=progress.losses, step_seconds=progress.step_seconds,
         eval_loss=eval_loss, steps=len(progress.step_seconds), held_parameters=held,
-        budget=budget.describe(len(train_examples), process_count()),
+        budget=budget.describe(),
     )
 
 

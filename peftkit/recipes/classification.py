@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 
 from peftkit.core.errors import ConfigError
-from peftkit.core.mechanics.sharding import held_parameters, process_count
+from peftkit.core.mechanics.sharding import held_parameters
 from peftkit.core.pretrained import load_sequence_classifier, position_limit, resolve_model_dir
 from peftkit.objectives.density import DENSITY_THRESHOLD, DensityLoss, activation_density
 from peftkit.objectives.distillation import DistillationLoss
@@ -153,7 +153,7 @@ def train_classifier(options: TrainOptions) -> TrainResult:
         train_seconds=train_seconds, wall_seconds=time.perf_counter() - started, peak_memory_mib=peak_rss_mib(),
         output=output, losses=progress.losses, step_seconds=progress.step_seconds, steps=len(progress.step_seconds),
         density=density, held_parameters=held,
-        budget=setup.budget.describe(len(data.train.labels), process_count()),
+        budget=setup.budget.describe(),
     )
 
 

@@ -15,7 +15,7 @@ import torch
 from transformers import DataCollatorForTokenClassification
 
 from peftkit.core.errors import ConfigError
-from peftkit.core.mechanics.sharding import held_parameters, process_count
+from peftkit.core.mechanics.sharding import held_parameters
 from peftkit.core.pretrained import load_token_classifier, position_limit, resolve_model_dir
 from peftkit.recipes.budget import settle_budget
 from peftkit.recipes.training import (
@@ -140,5 +140,5 @@ def train_tagger(options: TrainOptions, recipe_defaults: dict | None = None) -> 
         steps=len(progress.step_seconds), metric=("entity F1", scores.f1,
                                                   f"P {scores.precision:.4f}, R {scores.recall:.4f}; "
                                                   f"{scores.correct}/{scores.gold} gold entities found"),
-        held_parameters=held, budget=budget.describe(len(train), process_count()))
+        held_parameters=held, budget=budget.describe())
     return TaggerRun(result, scores, data.eval.words, predicted)

@@ -3,6 +3,8 @@ length from the tokenised lengths; what the user or the recipe gives wins."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from peftkit.recipes.budget import fixed_budget, settle_budget
@@ -52,14 +54,20 @@ def test_given_values_win_over_the_recipe_defaults_which_win_over_the_rules():
 
 def test_the_description_counts_the_steps_and_the_warm_up():
     _, budget = settle_budget(TrainOptions(), 194, [72] * 194, 512)
-    assert budget.describe(194) == ("30 epoch(s) = 750 steps (194 rows: passes until 6,000 rows are seen, at most "
+    assert budget.describe() == ("30 epoch(s) = 750 steps (194 rows: passes until 6,000 rows are seen, at most "
                                     "30), batch 8 (194 rows: under 5,000), 128 tokens (holds 100.0% of the rows; the "
                                     "longest has 72), warm-up 45 steps")
     _, budget = settle_budget(TrainOptions(max_steps=7), 194, [72] * 194, 512)
-    assert budget.describe(194).startswith("7 steps (--max-steps)")
-    assert budget.steps(194, processes=2) == 7
+    assert budget.describe().startswith("7 steps (--max-steps)")
+    assert dataclasses.replace(budget, processes=2).steps() == 7
 
 
 def test_fixed_budget_keeps_given_values_and_fills_the_rest():
     options = fixed_budget(TrainOptions(batch_size=4), {"max_length": 64})
     assert (options.batch_size, options.epochs, options.max_length) == (4, 1.0, 64)
+
+
+def test_a_fixed_length_filled_in_is_lowered_to_the_models_positions(model_dir):
+    options = fixed_budget(TrainOptions(model=str(model_dir)))
+    assert options.max_length == 32  # the tiny BERT's positions, not 128
+    assert fixed_budget(TrainOptions(model=str(model_dir), max_length=200)).max_length == 200  # given: prepare_run's
