@@ -6,8 +6,9 @@
 #   issue 7 (< 5 minutes): `peftkit bench --device cuda` on the same shape (random weights, MiniLM's tokenizer)
 #     with a classification head on SST-2: full fine-tuning, LoRA, DoRA, QLoRA, IA3, prompt tuning and
 #     bottleneck adapters, each against peft's implementation where peft has it (results/bench-gpu/);
-#   issue 4: LoRA training of the same shape, batch 4 x 2048 — peftkit vs peft vs full fine-tuning vs peftkit
-#     QLoRA: tokens/s, torch.cuda.max_memory_allocated, PEFT-MFU (results/gpu_lora.json).
+#   LoRA training of the same shape, batch 4 x 2048 — peftkit against peft's default and peft's best configuration
+#     (bf16 adapters; with gradient checkpointing for the memory mode), full fine-tuning and peftkit QLoRA:
+#     tokens/s, torch.cuda.max_memory_allocated, PEFT-MFU (results/gpu_lora.json).
 # Usage (on the CUDA machine, from the repository root): bash benchmarks/gpu.sh
 # TOKENIZER=DIR names a folder with MiniLM's tokenizer files where the bundled model package is not installed.
 # STAGES="mixed bench lora" (the default) picks stages, e.g. to split the run over two calls; RESUME=1 lets the
@@ -42,7 +43,8 @@ echo "peftkit bench on the GPU took $(( $(date +%s) - start )) s"
 fi
 
 if wanted lora; then
-stage "issue 4: LoRA training throughput and memory"
-"$PYTHON" benchmarks/gpu_lora.py --setups full,peft,peftkit,qlora --warmup 3 --steps 10 || echo "gpu_lora.py FAILED"
+stage "LoRA training throughput and memory against peft default and best"
+"$PYTHON" benchmarks/gpu_lora.py --setups full,peft,peft-bf16,peft-bf16-ckpt,peftkit,peftkit-ckpt,qlora --warmup 3 \
+    --steps 10 || echo "gpu_lora.py FAILED"
 fi
 stage "done"

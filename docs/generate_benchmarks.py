@@ -22,10 +22,10 @@ TARGET = Path(__file__).resolve().parent / "benchmarks"
 README = Path(__file__).resolve().parents[1] / "README.md"
 README_START = "<!-- the headline numbers: written by python docs/generate_benchmarks.py -->"
 README_END = "<!-- end of the headline numbers -->"
-PAGES = [speed.lora_vs_peft, speed.gpu_lora, memory.memory_methods, speed.compile_step, speed.mixed_batch,
-         speed.cli_startup, bench.bench_default, bench.bench_gpu, bench.methods, accuracy.methods_sst2,
-         accuracy.apet_sweep, accuracy.plm_sparsity, transfer.scalearn_transfer, transfer.panda_transfer,
-         recipes.maft_ner, recipes.few_shot_sst2, recipes.keyphrases_inspec, recipes.defaults]
+PAGES = [speed.lora_vs_peft, speed.gpu_lora, memory.memory_methods, speed.packing, speed.compile_step,
+         speed.mixed_batch, speed.cli_startup, bench.bench_default, bench.bench_gpu, bench.methods,
+         accuracy.methods_sst2, accuracy.apet_sweep, accuracy.plm_sparsity, transfer.scalearn_transfer,
+         transfer.panda_transfer, recipes.maft_ner, recipes.few_shot_sst2, recipes.keyphrases_inspec, recipes.defaults]
 
 
 @dataclass(frozen=True)

@@ -219,6 +219,11 @@ def _print_summary(options, result) -> None:
     split = "dev" if not options.train else "eval"
     if result.accuracy is not None:
         print(f"  {split} accuracy:  {result.accuracy:.4f} ({result.correct}/{result.eval_examples})")
+    if result.report is not None:
+        from peftkit.tasks.metrics import summary_lines
+
+        for line in summary_lines(result.report):
+            print(f"    {line}")
     if result.metric is not None:
         name, value, detail = result.metric
         print(f"  {split} {name}:  {value:.4f} ({detail})")
@@ -231,9 +236,15 @@ def _print_summary(options, result) -> None:
               f"(share of {split} activations with |a| > {DENSITY_THRESHOLD:.1e})")
     print(f"  wall time:            {int(minutes)}m {seconds:04.1f}s (training {result.train_seconds:.1f}s, "
           f"{result.steps} steps)")
+    if result.columns is not None:
+        print(f"  columns:              {result.columns}")
     if result.budget is not None:
         print(f"  budget:               {result.budget}")
+    if result.batches is not None:
+        print(f"  batches:              {result.batches}")
     print(f"  peak memory:          {result.peak_memory_mib:,.0f} MiB")
+    if result.reports:
+        print(f"  evaluation report:    {', '.join(str(path) for path in result.reports)}")
     if options.recipe in ("mlm", "self-evolution"):
         print(f"  model saved to:       {result.output}/ (a transformers model folder: fine-tune it with --model)")
     else:
@@ -251,11 +262,49 @@ def _format_note(method: str) -> str:
     return "peft's file layout; peft has no such method, peftkit.PeftModel.from_pretrained reads it"
 
 
+def _file_columns(parser: argparse.ArgumentParser, labelled: bool) -> None:
+    """The options naming a file's columns (default: the adapter's training columns, else found by name)."""
+    parser.add_argument("--text-column", help="the text column (default: the adapter's, else found by name)")
+    parser.add_argument("--text-pair-column", help="the second text of a pair (likewise)")
+    if labelled:
+        parser.add_argument("--label-column", help="the label column (default: the adapter's, else found by name, "
+                                                   "e.g. label, sentiment, polarity, stars, type)")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from peftkit.recipes.classification import evaluate_adapter
 
-    result = evaluate_adapter(args.adapter, args.eval, model=args.model, batch_size=args.batch_size)
-    print(f"accuracy: {result.accuracy:.4f} ({result.correct}/{result.examples}) on {args.eval}")
+    result = evaluate_adapter(args.adapter, args.eval, model=args.model, batch_size=args.batch_size,
+                              columns=(args.text_column, args.text_pair_column, args.label_column))
+    print(f"peftkit eval: {args.adapter} on {args.eval} ({result.columns.describe()})")
+    _print_report(result.report, result.written)
+    return 0
+
+
+def _print_report(report, written: list) -> None:
+    from peftkit.tasks.metrics import format_report
+
+    for line in format_report(report):
+        print(f"  {line}")
+    if report.verdict():
+        print(f"  warning: {report.verdict()}")
+    plot = "" if len(written) > 1 else " (the confusion plot needs matplotlib: pip install 'peftkit[bench]')"
+    print(f"  report written to:    {', '.join(str(path) for path in written)}{plot}")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from peftkit.recipes.classification import predict_file
+    from peftkit.tasks.data import write_predictions
+
+    if Path(args.output).resolve() == Path(args.input).resolve():
+        raise ConfigError(f"--output {args.output} is the input file; name another")
+    predictions = predict_file(args.adapter, args.input, model=args.model, batch_size=args.batch_size,
+                               columns=(args.text_column, args.text_pair_column))
+    write_predictions(args.output, predictions.rows, predictions.labels)
+    counts = {name: sum(row["predicted"] == name for row in predictions.rows) for name in predictions.labels}
+    print(f"peftkit predict: {len(predictions.rows):,} rows of {args.input} ({predictions.columns.describe()})")
+    print("  predicted:   " + ", ".join(f"{name} {count:,}" for name, count in counts.items()))
+    print(f"  written to:  {args.output}")
     return 0
 
 
@@ -476,21 +525,44 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--fsdp", action="store_true", default=None,
                        help="under torchrun / accelerate launch: shard the base model over the processes with FSDP2 "
                        "(each keeps 1/N of its weights) instead of a whole copy each (DDP)")
+    train.add_argument("--packing", choices=("auto", "on", "off"),
+                       help="causal LM and tagging: padding-free batches, each batch's rows concatenated with "
+                            "attention kept within each row (default auto: where the model allows, else padded)")
     train.add_argument("--text-column", help="the text column (default: found by name, e.g. text, sentence)")
     train.add_argument("--text-pair-column", help="the second text of a pair (default: found by name, e.g. "
                                                   "hypothesis after premise)")
-    train.add_argument("--label-column", help="the label column (default: found by name, e.g. label)")
+    train.add_argument("--label-column", help="the label column (default: found by name, e.g. label, sentiment, "
+                                              "polarity, stars, type)")
+    train.add_argument("--eval-text-column", help="the --eval file's text column, where it differs from the "
+                                                  "training file's (default: the training file's name, else found "
+                                                  "by name)")
+    train.add_argument("--eval-text-pair-column", help="the --eval file's second text column (likewise)")
+    train.add_argument("--eval-label-column", help="the --eval file's label column (likewise)")
     train.add_argument("--config", help="YAML or JSON file of these options; command-line flags override it")
     train.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
                        help="method setting, e.g. -o r=16 -o target_modules=[query,value]")
     train.set_defaults(run=cmd_train)
 
-    evaluate = commands.add_parser("eval", help="score a saved classification adapter on a labelled file")
+    evaluate = commands.add_parser("eval", help="score a saved classification adapter on a labelled file: "
+                                                "accuracy, macro-F1, per-class scores, baselines (eval.json)")
     evaluate.add_argument("--adapter", required=True, help="adapter folder written by peftkit train")
-    evaluate.add_argument("--eval", required=True, help="labelled file (CSV, TSV, JSONL) with the training columns")
+    evaluate.add_argument("--eval", required=True, help="labelled file (CSV, TSV, JSONL)")
     evaluate.add_argument("--model", help="base model folder (default: the one recorded in the adapter)")
     evaluate.add_argument("--batch-size", type=whole_number(1), default=128, help="examples per forward pass")
+    _file_columns(evaluate, labelled=True)
     evaluate.set_defaults(run=cmd_eval)
+
+    predict = commands.add_parser("predict", help="label an unlabelled file with a saved classification adapter: "
+                                                  "each row's label and probabilities")
+    predict.add_argument("--adapter", required=True, help="adapter folder written by peftkit train")
+    predict.add_argument("--input", required=True, help="file of texts (CSV, TSV, JSONL); a label column is ignored")
+    predict.add_argument("--output", default="predictions.jsonl",
+                         help="where to write (default predictions.jsonl): .jsonl adds 'predicted' and "
+                              "'probabilities' to each row; .csv adds 'predicted' and a 'p(LABEL)' column per label")
+    predict.add_argument("--model", help="base model folder (default: the one recorded in the adapter)")
+    predict.add_argument("--batch-size", type=whole_number(1), default=128, help="examples per forward pass")
+    _file_columns(predict, labelled=False)
+    predict.set_defaults(run=cmd_predict)
 
     generate = commands.add_parser("generate", help="continue a prompt with a causal-LM adapter")
     generate.add_argument("--adapter", required=True, help="causal-LM adapter folder written by peftkit train")

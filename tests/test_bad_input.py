@@ -147,7 +147,8 @@ def test_columns_and_paths_that_are_not_there(case, model_dir, data, tmp_path, c
 def test_an_eval_label_never_seen_in_training_names_it(model_dir, data, tmp_path, capsys):
     dev = rows_file(tmp_path, "dev.jsonl", [{"review": "a film", "sentiment": "meh"}])
     refused(["train", "--model", str(model_dir), "--train", str(data / "train.csv"), "--eval", str(dev),
-             "--output", str(tmp_path / "out")], capsys, "label 'meh' (row 1) never appears in the training data")
+             "--output", str(tmp_path / "out")], capsys,
+            "labels the training data never had (labels: neg, pos): 'meh' (row 1)")
 
 
 def test_labels_written_as_number_text_and_float_are_one_label(model_dir, tmp_path, capsys):
@@ -320,8 +321,9 @@ def test_a_classification_adapter_is_not_a_generator(adapter, capsys):
 
 
 def test_eval_reads_the_file_before_loading_the_model(adapter, tmp_path, capsys):
-    path = rows_file(tmp_path, "other.csv", labelled())
-    refused(["eval", "--adapter", str(adapter), "--eval", str(path)], capsys, "column 'review' not found")
+    path = rows_file(tmp_path, "other.csv", [{"text": "a film", "grade": "pos"}])
+    refused(["eval", "--adapter", str(adapter), "--eval", str(path)], capsys,
+            "cannot tell which column holds the label; pass --label-column")
 
 
 def _adapter_without_config(folder: Path) -> None:

@@ -24,7 +24,7 @@ def test_train_on_a_users_csv_then_eval_info_and_merge(model_dir, data, tmp_path
     assert (out / "adapter_model.safetensors").is_file() and (out / "peftkit_task.json").is_file()
 
     assert main(["eval", "--adapter", str(out), "--eval", str(data / "dev.jsonl")]) == 0
-    assert f"accuracy: {accuracy:.4f}" in capsys.readouterr().out
+    assert f"  accuracy {accuracy:.4f} (" in capsys.readouterr().out
 
     assert main(["info", str(out)]) == 0
     info = capsys.readouterr().out
@@ -88,7 +88,7 @@ def test_unseen_eval_label_is_named(model_dir, data, tmp_path, capsys):
     code = main(["train", "--model", str(model_dir), "--train", str(data / "train.csv"), "--eval", str(dev),
                  "--text-column", "review", "--label-column", "sentiment"])
     assert code == 2
-    assert "label 'meh' (row 2) never appears in the training data" in capsys.readouterr().err
+    assert "labels the training data never had (labels: neg, pos): 'meh' (row 2)" in capsys.readouterr().err
 
 
 def test_the_installed_command_exits_2_without_a_traceback(tmp_path):

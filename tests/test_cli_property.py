@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 from peftkit.cli import main
 from tests.test_bad_input import digest
 
+REPORT_FILES = ("eval.json", "eval-confusion.png")
+
 FLAG_VALUES = {
     "--lr": ["1e-3", "0", "-1", "nan", "inf", "abc", "5"],
     "--epochs": ["1", "0", "-2", "0.5", "x"],
@@ -112,8 +114,14 @@ def test_eval_ends_with_a_score_or_one_line(data_rows, suffix, batch_size, train
     before = path.read_bytes(), digest(trained)
     code = main(["eval", "--adapter", str(trained), "--eval", str(path), "--batch-size", batch_size])
     captured = capsys.readouterr()
-    assert_result_or_one_line(code, captured, "accuracy: ")
+    assert_result_or_one_line(code, captured, "\n  accuracy ")
+    after = path.read_bytes(), digest(trained)
     if code == 0:
-        accuracy = float(captured.out.split()[1])
+        accuracy = float(captured.out.split("\n  accuracy ")[1].split()[0])
         assert 0 <= accuracy <= 1 and not math.isnan(accuracy)
-    assert (path.read_bytes(), digest(trained)) == before
+        report = json.loads((trained / "eval.json").read_text())["classification"]
+        assert report["accuracy"] == pytest.approx(accuracy, abs=5e-5) and report["examples"] == len(data_rows)
+        # a successful evaluation writes its report beside the adapter, and changes nothing else
+        before, after = (tuple({k: v for k, v in files.items() if k not in REPORT_FILES} if isinstance(files, dict)
+                               else files for files in pair) for pair in (before, after))
+    assert after == before

@@ -145,4 +145,18 @@ def defaults() -> Page:
          *table(["data", "command", "train / eval rows", "score", "goal", "", "wall time", "budget chosen"], rows,
                 "llrrrlrl"),
          *([""] + [f"- {job['data']}: {job['note']}." for job in jobs.values() if "note" in job]
-           if any("note" in job for job in jobs.values()) else [])])
+           if any("note" in job for job in jobs.values()) else []),
+         *_other_runs(jobs)])
+
+
+def _other_runs(jobs: dict) -> list[str]:
+    """Further runs of a job on the same split (other seeds, full fine-tuning), run by hand on the same machine."""
+    lines = []
+    for job in jobs.values():
+        if "other_runs" not in job:
+            continue
+        lines += ["", f"## {job['data']}: other runs on the same split ({job['other_runs_date']}, {job['machine']})",
+                  "", *table(["command", "score"], [[f"`{other['command']}`",
+                                                     f"{score(other['score'])} ({other['correct']})"]
+                                                    for other in job["other_runs"]], "lr")]
+    return lines

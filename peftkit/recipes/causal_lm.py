@@ -5,6 +5,12 @@ are left-padded, with position ids counted from each row's first real token, so 
 every row sit in the last K positions: the LM head runs on those K alone (``logits_to_keep``), which for
 short answers skips most of the vocabulary projection, forward and backward.
 
+Training batches are padding-free by default (``--packing auto``): each batch's rows concatenated into one,
+attention kept within each row, the loss and its gradients those of the padded batch
+(``core/mechanics/packing.py``), and the LM head run only where a trained token is predicted. ``auto`` first
+checks that the model keeps packed rows apart and pads otherwise (as for prompt-learning methods, whose
+virtual tokens belong to each row); ``on`` makes that check an error; ``off`` pads.
+
 Scoring: when the evaluation answers come from a small set (2 to 20 distinct answers: labels), the
 accuracy of ranking the right one first by log-likelihood given the context; when the candidates start
 with different tokens that is one forward pass per example comparing next-token log-probabilities (the
@@ -20,10 +26,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from peftkit.core.mechanics.packing import PackingCollator, packed_loss
 from peftkit.core.mechanics.sharding import held_parameters
 from peftkit.core.peft_model import PeftModel
 from peftkit.core.pretrained import load_causal_lm, position_limit, resolve_causal_lm_dir
 from peftkit.objectives.density import DensityLoss
+from peftkit.recipes.batching import choose_batches
 from peftkit.recipes.budget import settle_budget
 from peftkit.recipes.training import (
     FULL_FINE_TUNING,
@@ -100,6 +108,11 @@ def completion_loss(model, batch: dict) -> torch.Tensor:
 class CompletionTrainer(ObjectiveTrainer):
     def task_loss(self, model, inputs, num_items_in_batch):
         return completion_loss(model, inputs), None
+
+
+class PackedCompletionTrainer(ObjectiveTrainer):
+    def task_loss(self, model, inputs, num_items_in_batch):
+        return packed_loss(model, inputs), None
 
 
 def _by_length(encoded: list[dict], size: int):
@@ -179,9 +192,11 @@ def train_causal_lm(options: TrainOptions, recipe_defaults: dict | None = None) 
     held = held_parameters(peft_model)
     learning_rate = options.lr or learning_rate_for(options.method, "causal-lm")
     dataset = [encode(tokenizer, e, options.max_length) for e in train_examples]
+    batches = choose_batches(peft_model, dataset, options.packing, LeftPadCollator(tokenizer.pad_token_id),
+                             lambda one_row: PackingCollator(tokenizer.pad_token_id, one_row), use_cache=False)
     objectives = (DensityLoss(peft_model, weight=options.density_loss),) if options.density_loss else ()
-    progress, train_seconds = run_trainer(peft_model, dataset, LeftPadCollator(tokenizer.pad_token_id), options,
-                                          learning_rate, CompletionTrainer, objectives)
+    progress, train_seconds = run_trainer(peft_model, dataset, batches.collator, options, learning_rate,
+                                          PackedCompletionTrainer if batches.packed else CompletionTrainer, objectives)
     with autocast(options):
         eval_loss, correct, candidates = score_answers(peft_model, tokenizer, eval_examples, options.max_length)
     output = Path(options.output)
@@ -195,7 +210,7 @@ def train_causal_lm(options: TrainOptions, recipe_defaults: dict | None = None) 
         correct=correct or 0, train_seconds=train_seconds, wall_seconds=time.perf_counter() - started,
         peak_memory_mib=peak_rss_mib(), output=output, losses=progress.losses, step_seconds=progress.step_seconds,
         eval_loss=eval_loss, steps=len(progress.step_seconds), held_parameters=held,
-        budget=budget.describe(),
+        budget=budget.describe(), batches=batches.describe(),
     )
 
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 
 from peftkit.core.errors import ConfigError
@@ -23,14 +22,17 @@ from peftkit.core.pretrained import load_sequence_classifier, position_limit, re
 from peftkit.objectives.density import DENSITY_THRESHOLD, DensityLoss, activation_density
 from peftkit.objectives.distillation import DistillationLoss
 from peftkit.recipes.budget import Budget, settle_budget
+from peftkit.recipes.eval_report import write_report
 from peftkit.recipes.training import (
     TrainOptions,
     TrainResult,
     autocast,
+    evaluation_source,
     learning_rate_for,
     load_saved_adapter,
     loads_sharded,
     parameter_counts,
+    progress_bar,
     read_saved_task,
     recipe_config,
     run_trainer,
@@ -40,16 +42,20 @@ from peftkit.recipes.training import (
     with_method,
 )
 from peftkit.tasks.classification import (
+    EVAL_FLAGS,
     Columns,
     Examples,
     LabelSet,
     bundled_sst2,
+    columns_like,
     find_columns,
     load_examples,
+    read_texts,
     token_lengths,
     tokenize,
 )
 from peftkit.tasks.data import read_rows
+from peftkit.tasks.metrics import ClassificationReport, classification_report
 from peftkit.utils.memory import peak_rss_mib
 
 
@@ -62,6 +68,7 @@ class TaskData:
     labels: LabelSet
     train: Examples
     eval: Examples
+    eval_columns: Columns  # the evaluation file's own (the training file's for a held-out share)
 
 
 def load_task_data(options: TrainOptions) -> TaskData:
@@ -71,8 +78,11 @@ def load_task_data(options: TrainOptions) -> TaskData:
     columns = find_columns(train_rows, train_path, options.text_column, options.text_pair_column,
                            options.label_column)
     _, labels = load_examples(train_path, columns, rows=train_rows)  # every row checked, numbered as in the file
+    eval_columns = columns
     if options.eval:
         eval_path, eval_rows = Path(options.eval), read_rows(options.eval)
+        eval_columns = columns_like(eval_rows, eval_path, columns, options.eval_text_column,
+                                    options.eval_text_pair_column, options.eval_label_column, flags=EVAL_FLAGS)
     elif options.train:
         train_rows, eval_rows = split_rows(train_rows, options.eval_fraction, options.seed)
         eval_path = train_path
@@ -80,8 +90,8 @@ def load_task_data(options: TrainOptions) -> TaskData:
         eval_path = bundled_sst2("dev")
         eval_rows = read_rows(eval_path)
     train_examples, _ = load_examples(train_path, columns, labels, rows=train_rows)
-    eval_examples, _ = load_examples(eval_path, columns, labels, rows=eval_rows)
-    return TaskData(model_dir, columns, labels, train_examples, eval_examples)
+    eval_examples, _ = load_examples(eval_path, eval_columns, labels, rows=eval_rows)
+    return TaskData(model_dir, columns, labels, train_examples, eval_examples, eval_columns)
 
 
 @dataclass
@@ -139,22 +149,34 @@ def train_classifier(options: TrainOptions) -> TrainResult:
     if options.density_loss:
         density = (density_before, feed_forward_density(peft_model, tokenizer, eval_encoded))
     with autocast(options):
-        correct = count_correct(peft_model, tokenizer, eval_encoded)
+        predicted = class_probabilities(peft_model, tokenizer, eval_encoded).argmax(-1).tolist()
+    report = classification_report(data.eval.labels, predicted, data.labels.names)
     output = Path(options.output)
     save_result(peft_model, output, {  # full fine-tuning: the whole model, in transformers' format
         "task": "text-classification", "labels": data.labels.names, "text_column": data.columns.text,
         "text_pair_column": data.columns.text_pair, "label_column": data.columns.label,
         "max_length": options.max_length, "base_quantization": setup.quantization,
     })
+    written = write_report(output, {"file": evaluation_source(options), "columns": asdict(data.eval_columns)},
+                           report)
     return TrainResult(
         method=options.method, model_dir=data.model_dir, train_examples=len(data.train.labels),
         eval_examples=len(data.eval.labels), labels=data.labels.names, trainable_parameters=trainable,
-        total_parameters=total, accuracy=correct / len(data.eval.labels), correct=correct,
+        total_parameters=total, accuracy=report.accuracy, correct=report.correct, report=report, reports=written,
         train_seconds=train_seconds, wall_seconds=time.perf_counter() - started, peak_memory_mib=peak_rss_mib(),
         output=output, losses=progress.losses, step_seconds=progress.step_seconds, steps=len(progress.step_seconds),
         density=density, held_parameters=held,
-        budget=setup.budget.describe(),
+        budget=setup.budget.describe(), columns=describe_columns(options, data),
     )
+
+
+def describe_columns(options: TrainOptions, data: TaskData) -> str:
+    """The columns read from the training file and, when it has its own, the evaluation file."""
+    train = Path(options.train).name if options.train else "SST-2"
+    described = f"{train}: {data.columns.describe()}"
+    if options.eval:
+        described += f"; {Path(options.eval).name}: {data.eval_columns.describe()}"
+    return described
 
 
 def load_teacher(adapter_dir: str, labels: LabelSet, model: str | None) -> torch.nn.Module:
@@ -166,7 +188,7 @@ def load_teacher(adapter_dir: str, labels: LabelSet, model: str | None) -> torch
 
 
 def _batches(model: torch.nn.Module, tokenizer, examples: list[dict], batch_size: int):
-    """Padded batches of encoded examples on the model's device, labels included."""
+    """Padded batches of encoded examples on the model's device (labels included where the examples have them)."""
     collate = DataCollatorWithPadding(tokenizer)
     device = next(model.parameters()).device
     for start in range(0, len(examples), batch_size):
@@ -182,36 +204,83 @@ def feed_forward_density(model: torch.nn.Module, tokenizer, examples: list[dict]
 
 
 @torch.no_grad()
-def count_correct(model: torch.nn.Module, tokenizer, examples: list[dict], batch_size: int = 128) -> int:
+def class_probabilities(model: torch.nn.Module, tokenizer, examples: list[dict], batch_size: int = 128) -> torch.Tensor:
+    """[rows, labels]: each row's softmax over the labels, in evaluation mode, with a progress bar (rows/s)."""
     was_training = model.training
     model.eval()
-    correct = 0
-    with tqdm(total=len(examples), desc="evaluating", unit="row", file=sys.stderr, leave=False,
-              disable=not sys.stderr.isatty()) as bar:
+    probabilities = []
+    with progress_bar(len(examples), "evaluating", "row") as bar:
         for batch in _batches(model, tokenizer, examples, batch_size):
-            labels = batch.pop("labels")
-            correct += int((model(**batch).logits.argmax(-1) == labels).sum())
-            bar.update(len(labels))
+            batch.pop("labels", None)
+            probabilities.append(model(**batch).logits.float().softmax(-1).cpu())
+            bar.update(len(probabilities[-1]))
     model.train(was_training)
-    return correct
+    return torch.cat(probabilities)
+
+
+def count_correct(model: torch.nn.Module, tokenizer, examples: list[dict], batch_size: int = 128) -> int:
+    predicted = class_probabilities(model, tokenizer, examples, batch_size).argmax(-1)
+    return int((predicted == torch.tensor([e["labels"] for e in examples])).sum())
 
 
 @dataclass
 class EvalResult:
-    accuracy: float
-    correct: int
-    examples: int
+    report: ClassificationReport
+    columns: Columns
+    written: list[Path]  # eval.json (and the confusion plot) beside the adapter
+
+
+def saved_columns(task: dict) -> Columns:
+    """The training file's columns, as saved with an adapter."""
+    return Columns(text=task["text_column"], label=task["label_column"], text_pair=task["text_pair_column"])
+
+
+def evaluate_adapter(adapter_dir: str, eval_file: str, model: str | None = None, batch_size: int = 128,
+                     columns: tuple[str | None, str | None, str | None] = (None, None, None)) -> EvalResult:
+    """Score a saved classification adapter on a labelled file (read and checked before the model loads);
+    ``columns``: the file's text, text-pair and label columns where given (else the adapter's, else found by
+    name). The report goes to eval.json beside the adapter."""
+    task = read_saved_task(adapter_dir, "text-classification")
+    rows = read_rows(eval_file)
+    file_columns = columns_like(rows, eval_file, saved_columns(task), *columns)
+    labels = LabelSet(task["labels"])
+    examples, _ = load_examples(eval_file, file_columns, labels, rows=rows)
+    tokenizer, peft_model = load_for_scoring(adapter_dir, model)
+    predicted = class_probabilities(peft_model, tokenizer, tokenize(tokenizer, examples, task["max_length"]),
+                                    batch_size).argmax(-1).tolist()
+    report = classification_report(examples.labels, predicted, labels.names)
+    written = write_report(adapter_dir, {"file": str(eval_file), "columns": asdict(file_columns)}, report)
+    return EvalResult(report, file_columns, written)
+
+
+def load_for_scoring(adapter_dir: str, model: str | None):
+    """(tokenizer, model with the adapter), saying in a terminal what loads."""
+    if sys.stderr.isatty():
+        print(f"loading the adapter {adapter_dir} on its base model …", file=sys.stderr, flush=True)
+    tokenizer, peft_model, _ = load_saved_adapter(adapter_dir, "text-classification", model)
+    return tokenizer, peft_model
+
+
+@dataclass
+class Predictions:
+    rows: list[dict]  # each input row with "predicted" and "probabilities" (label -> probability) added
+    columns: Columns
     labels: list[str]
 
 
-def evaluate_adapter(adapter_dir: str, eval_file: str, model: str | None = None,
-                     batch_size: int = 128) -> EvalResult:
-    """Score a saved classification adapter on a labelled file (read and checked before the model loads)."""
+def predict_file(adapter_dir: str, input_file: str, model: str | None = None, batch_size: int = 128,
+                 columns: tuple[str | None, str | None] = (None, None)) -> Predictions:
+    """A saved classification adapter's label and probabilities for every row of an (unlabelled) file;
+    ``columns``: its text and text-pair columns where given (else the adapter's, else found by name)."""
     task = read_saved_task(adapter_dir, "text-classification")
-    columns = Columns(text=task["text_column"], label=task["label_column"], text_pair=task["text_pair_column"])
-    labels = LabelSet(task["labels"])
-    examples, _ = load_examples(eval_file, columns, labels)
-    tokenizer, peft_model, _ = load_saved_adapter(adapter_dir, "text-classification", model)
-    correct = count_correct(peft_model, tokenizer, tokenize(tokenizer, examples, task["max_length"]), batch_size)
-    return EvalResult(accuracy=correct / len(examples.labels), correct=correct, examples=len(examples.labels),
-                      labels=labels.names)
+    rows = read_rows(input_file)
+    file_columns = columns_like(rows, input_file, saved_columns(task), *columns, labelled=False)
+    texts = read_texts(rows, file_columns, input_file)
+    tokenizer, peft_model = load_for_scoring(adapter_dir, model)
+    encoded = tokenize(tokenizer, texts, task["max_length"])
+    probabilities = class_probabilities(peft_model, tokenizer, encoded, batch_size)
+    names = task["labels"]
+    predicted = [{**row, "predicted": names[int(p.argmax())],
+                  "probabilities": {name: round(float(v), 6) for name, v in zip(names, p, strict=True)}}
+                 for row, p in zip(rows, probabilities, strict=True)]
+    return Predictions(predicted, file_columns, names)

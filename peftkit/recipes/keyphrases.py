@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from peftkit.core.errors import DataError
+from peftkit.recipes.eval_report import write_report
 from peftkit.recipes.tagging import train_tagger
-from peftkit.recipes.training import FULL_FINE_TUNING, TrainOptions, TrainResult, split_rows
+from peftkit.recipes.training import FULL_FINE_TUNING, TrainOptions, TrainResult, evaluation_source, split_rows
 from peftkit.tasks.data import read_rows
 from peftkit.tasks.keyphrases import (
     KeyphraseScores,
@@ -114,6 +115,9 @@ def extract_keyphrases(options: TrainOptions) -> ExtractionRun:
     run.result.metric = ("present keyphrase F1@5", present.f1_at_5,
                          f"F1@M {present.f1_at_m:.4f}; TF-IDF baseline F1@5 {tfidf.f1_at_5:.4f}, "
                          f"F1@M {tfidf.f1_at_m:.4f}; {present.documents} documents")
+    run.result.reports = write_report(run.result.output, {
+        "file": evaluation_source(options),
+        "keyphrases": {"present": asdict(present), "tfidf_baseline": asdict(tfidf)}})
     return ExtractionRun(run.result, present, tfidf)
 
 
@@ -192,8 +196,12 @@ def generate_keyphrases(options: TrainOptions, eval_documents: int | None = None
         absent_lists.append([p for p in phrases if not contains(stemmed, normalise(p))])
     present = corpus_scores(present_lists, present_gold)
     absent = corpus_scores(absent_lists, absent_gold)
+    tfidf = tfidf_scores(train, evaluation)
     result.metric = ("present keyphrase F1@5", present.f1_at_5,
                      f"F1@M {present.f1_at_m:.4f}; absent F1@5 {absent.f1_at_5:.4f}, F1@M {absent.f1_at_m:.4f}; "
-                     f"{present.documents} documents")
+                     f"TF-IDF baseline (present) F1@5 {tfidf.f1_at_5:.4f}; {present.documents} documents")
+    result.reports = write_report(result.output, {
+        "file": evaluation_source(options),
+        "keyphrases": {"present": asdict(present), "absent": asdict(absent), "tfidf_baseline": asdict(tfidf)}})
     return GenerationRun(result, present, absent)
 

@@ -60,13 +60,15 @@ RULES: dict[str, Rule] = {
     "max_steps": whole(1, optional=True), "lr": positive(optional=True), "batch_size": whole(1, optional=True),
     "max_length": whole(1, optional=True), "seed": whole(0),
     "bf16": flag(), "output": text(optional=False), "text_column": text(), "text_pair_column": text(),
-    "label_column": text(), "eval_fraction": between_zero_and_one(),
+    "label_column": text(), "eval_text_column": text(), "eval_text_pair_column": text(),
+    "eval_label_column": text(), "eval_fraction": between_zero_and_one(),
     "method_options": Rule(lambda v: isinstance(v, dict), "a mapping of method options"),
     "density_loss": at_least_zero(), "init_prompt": text(), "teacher": text(), "distill_weight": at_least_zero(),
     "pattern": text(), "verbalizer": Rule(lambda v: isinstance(v, (dict, str)), "a mapping of label -> word(s)",
                                           optional=True),
     "shots": whole(1), "unlabelled": whole(1, optional=True), "rounds": whole(1), "save_steps": whole(1, optional=True),
     "resume": flag(), "overwrite": flag(), "gradient_checkpointing": flag(), "fsdp": flag(),
+    "packing": choice(("auto", "on", "off")),
 }
 
 

@@ -2,26 +2,31 @@
 
 The adapter (any registered method, or "full") and a fresh token-classification head train; scored by
 entity-level F1 (``tasks/tagging.py``) on the evaluation file (or a held-out share of the training
-file); saved in peft's format next to ``peftkit_task.json`` (the tags and columns).
+file); saved in peft's format next to ``peftkit_task.json`` (the tags and columns). Training batches are
+padding-free where the model allows (``recipes/batching.py``).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from transformers import DataCollatorForTokenClassification
 
 from peftkit.core.errors import ConfigError
+from peftkit.core.mechanics.packing import EncoderPackingCollator
 from peftkit.core.mechanics.sharding import held_parameters
 from peftkit.core.pretrained import load_token_classifier, position_limit, resolve_model_dir
+from peftkit.recipes.batching import choose_batches
 from peftkit.recipes.budget import settle_budget
+from peftkit.recipes.eval_report import write_report
 from peftkit.recipes.training import (
     TrainOptions,
     TrainResult,
     autocast,
+    evaluation_source,
     learning_rate_for,
     loads_sharded,
     parameter_counts,
@@ -122,8 +127,10 @@ def train_tagger(options: TrainOptions, recipe_defaults: dict | None = None) -> 
     held = held_parameters(peft_model)
     train = tokenize_tagged(tokenizer, data.train, options.max_length)
     evaluation = tokenize_tagged(tokenizer, data.eval, options.max_length)
-    progress, train_seconds = run_trainer(peft_model, without_word_ids(train),
-                                          DataCollatorForTokenClassification(tokenizer), options,
+    dataset = without_word_ids(train)
+    batches = choose_batches(peft_model, dataset, options.packing, DataCollatorForTokenClassification(tokenizer),
+                             lambda one_row: EncoderPackingCollator(tokenizer.pad_token_id, one_row))
+    progress, train_seconds = run_trainer(peft_model, dataset, batches.collator, options,
                                           options.lr or learning_rate_for(options.method, TASK))
     with autocast(options):
         predicted = predict_tags(peft_model, tokenizer, evaluation, data.eval.words, data.tags.names)
@@ -132,6 +139,7 @@ def train_tagger(options: TrainOptions, recipe_defaults: dict | None = None) -> 
     save_result(peft_model, output, {"task": TASK, "labels": data.tags.names, "text_column": data.columns[0],
                                     "label_column": data.columns[1], "max_length": options.max_length,
                                     "base_quantization": quantization})
+    written = write_report(output, {"file": evaluation_source(options), "entities": asdict(scores)})
     result = TrainResult(
         method=options.method, model_dir=model_dir, train_examples=len(train), eval_examples=len(evaluation),
         labels=data.tags.names, trainable_parameters=trainable, total_parameters=total, accuracy=None,
@@ -139,6 +147,7 @@ def train_tagger(options: TrainOptions, recipe_defaults: dict | None = None) -> 
         peak_memory_mib=peak_rss_mib(), output=output, losses=progress.losses, step_seconds=progress.step_seconds,
         steps=len(progress.step_seconds), metric=("entity F1", scores.f1,
                                                   f"P {scores.precision:.4f}, R {scores.recall:.4f}; "
-                                                  f"{scores.correct}/{scores.gold} gold entities found"),
-        held_parameters=held, budget=budget.describe())
+                                                  f"{scores.correct}/{scores.gold} gold entities found; by type: "
+                                                  f"{scores.describe_types()}"),
+        held_parameters=held, budget=budget.describe(), batches=batches.describe(), reports=written)
     return TaggerRun(result, scores, data.eval.words, predicted)

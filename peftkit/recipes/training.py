@@ -61,6 +61,9 @@ class TrainOptions:
     text_column: str | None = None
     text_pair_column: str | None = None
     label_column: str | None = None
+    eval_text_column: str | None = None  # the --eval file's columns, where they differ from the training file's
+    eval_text_pair_column: str | None = None
+    eval_label_column: str | None = None
     eval_fraction: float = 0.1
     method_options: dict = field(default_factory=dict)
     density_loss: float = 0.0  # DEFT's weight w (objectives/density.py); 0: off
@@ -77,6 +80,7 @@ class TrainOptions:
     overwrite: bool = False  # replace another run's checkpoints in OUTPUT/checkpoints
     gradient_checkpointing: bool = False  # recompute each layer's activations in backward (non-reentrant)
     fsdp: bool = False  # shard the base model over the torchrun processes with FSDP2 (core/mechanics/sharding.py)
+    packing: str = "auto"  # causal LM, tagging: padding-free batches where the model allows; "on": required, "off"
 
     def __post_init__(self) -> None:
         check_options(dataclasses.asdict(self))
@@ -106,6 +110,25 @@ class TrainResult:
     metric: tuple[str, float, str] | None = None  # another score: (name, value, detail), e.g. entity F1
     held_parameters: int | None = None  # sharded with FSDP: the parameters each process holds
     budget: str | None = None  # the settled training budget and why (recipes/budget.py)
+    batches: str | None = None  # how batches were formed (padded or padding-free) and what packing saved
+    columns: str | None = None  # the columns read from each file, and which were found by name
+    report: object | None = None  # classification: the evaluation's ClassificationReport (tasks/metrics.py)
+    reports: list[Path] = field(default_factory=list)  # what the evaluation wrote: eval.json, its plot
+
+
+def evaluation_source(options: TrainOptions) -> str:
+    """What a run is scored on, for its report: the --eval file, a held-out share of --train, or the bundled dev set."""
+    if options.eval:
+        return options.eval
+    return f"{options.eval_fraction:.0%} held out of {options.train}" if options.train else "SST-2 dev (bundled)"
+
+
+def progress_bar(total: int, what: str, unit: str) -> tqdm:
+    """A tqdm bar on stderr (rate in ``unit``/s) for work that takes more than 3 seconds: refreshed twice a
+    second in a terminal, every 15 s in a log."""
+    interactive = sys.stderr.isatty()
+    return tqdm(total=total, desc=what, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False, delay=3,
+                mininterval=0.5 if interactive else 15, disable=not is_main_process())
 
 
 class ProgressBar(TrainerCallback):

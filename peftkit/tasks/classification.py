@@ -1,24 +1,27 @@
 """Text classification and text-pair classification: columns, labels, tokenised examples.
 
 Columns are found by name where that is unambiguous (``text``/``sentence``/… for the text, known
-pairs such as ``premise``/``hypothesis``, ``label``/``target``/… for the label) and otherwise must be
-named. Labels may be texts or numbers (``1``, ``1.0`` and ``"1"`` are one label); their order is fixed by the
-training file (sorted, numbers numerically), and an evaluation label never seen in training, a missing (NaN)
-label or a training file with a single label is an error naming the row.
+pairs such as ``premise``/``hypothesis``, ``label``/``sentiment``/``polarity``/… for the label) and otherwise
+must be named; each file is read with its own columns (an evaluation file's are found the same way, starting
+from the training file's names). Labels may be texts or numbers (``1``, ``1.0`` and ``"1"`` are one label);
+their order is fixed by the training file (sorted, numbers numerically). An evaluation label is matched to the
+training labels exactly, else ignoring case; labels matching none are one error listing them all. A missing
+(NaN) label or a training file with a single label is an error naming the row.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 from peftkit.core.errors import DataError
 from peftkit.tasks.data import note_truncated, read_rows
 
-LABEL_COLUMNS = ("label", "labels", "target", "class", "category", "sentiment", "y")
+LABEL_COLUMNS = ("label", "labels", "target", "class", "category", "sentiment", "polarity", "stars", "rating",
+                 "type", "intent", "tag", "topic", "y")
 TEXT_COLUMNS = ("text", "sentence", "review", "content", "document", "utterance", "question")
 PAIR_COLUMNS = (("premise", "hypothesis"), ("sentence1", "sentence2"), ("question1", "question2"),
                 ("text_a", "text_b"), ("question", "passage"), ("question", "sentence"))
@@ -32,42 +35,90 @@ def bundled_sst2(split: str) -> Path:
 @dataclass(frozen=True)
 class Columns:
     text: str
-    label: str
+    label: str | None  # None: an unlabelled file (peftkit predict)
     text_pair: str | None = None
+    found: tuple[str, ...] = field(default=(), compare=False)  # the roles found by name ("text", "label", …)
+
+    def describe(self) -> str:
+        """e.g. "text 'review', label 'polarity' (found by name)"."""
+        roles = [("text", self.text), ("text pair", self.text_pair), ("label", self.label)]
+        parts = [f"{role} '{name}'" + (" (found by name)" if role in self.found else "")
+                 for role, name in roles if name is not None]
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class ColumnFlags:
+    """The options that name a file's columns, for error messages: training's or evaluation's."""
+
+    text: str = "--text-column"
+    text_pair: str = "--text-pair-column"
+    label: str = "--label-column"
+
+
+EVAL_FLAGS = ColumnFlags("--eval-text-column", "--eval-text-pair-column", "--eval-label-column")
 
 
 def find_columns(rows: list[dict], path: Path | str, text: str | None = None, text_pair: str | None = None,
-                 label: str | None = None) -> Columns:
+                 label: str | None = None, *, flags: ColumnFlags = ColumnFlags(), labelled: bool = True,
+                 pair: bool | None = None) -> Columns:
+    """The file's columns: those given, the others found by name. ``labelled=False``: no label column is
+    looked for; ``pair``: whether the file must hold a text pair (None: either)."""
     names = list(rows[0])
     listing = ", ".join(names)
-    for option, value in (("--text-column", text), ("--text-pair-column", text_pair), ("--label-column", label)):
+    for option, value in ((flags.text, text), (flags.text_pair, text_pair), (flags.label, label)):
         if value is not None and value not in names:
             raise DataError(f"{path}: column '{value}' ({option}) not found; columns: {listing}")
-    if label is None:
-        label = next((c for c in LABEL_COLUMNS if c in names), None)
+    found = []
+    if label is None and labelled:
+        label = next((c for c in LABEL_COLUMNS if c in names and c not in (text, text_pair)), None)
         if label is None:
-            raise DataError(f"{path}: cannot tell which column holds the label; pass --label-column "
+            raise DataError(f"{path}: cannot tell which column holds the label; pass {flags.label} "
                             f"(columns: {listing})")
+        found.append("label")
     if text is None:
-        pair = next((p for p in PAIR_COLUMNS if p[0] in names and p[1] in names and label not in p), None)
-        if pair and text_pair is None:
-            text, text_pair = pair
+        known = next((p for p in PAIR_COLUMNS if p[0] in names and p[1] in names and label not in p), None)
+        if known and text_pair is None and pair is not False:
+            text, text_pair = known
+            found.append("text pair")
         else:
             text = next((c for c in TEXT_COLUMNS if c in names and c not in (label, text_pair)), None)
         if text is None:
             others = [c for c in names if c not in (label, text_pair) and isinstance(rows[0][c], str)]
             if len(others) != 1:
-                raise DataError(f"{path}: cannot tell which column holds the text; pass --text-column "
+                raise DataError(f"{path}: cannot tell which column holds the text; pass {flags.text} "
                                 f"(columns: {listing})")
             text = others[0]
-    return Columns(text=text, label=label, text_pair=text_pair)
+        found.append("text")
+    if pair and text_pair is None:
+        raise DataError(f"{path}: the adapter was trained on text pairs; this file has no second text column found "
+                        f"by name: pass {flags.text_pair} (columns: {listing})")
+    if pair is False and text_pair is not None:
+        raise DataError(f"{path}: {flags.text_pair}: the adapter was trained on single texts, not pairs")
+    return Columns(text=text, label=label, text_pair=text_pair, found=tuple(found))
+
+
+def columns_like(rows: list[dict], path: Path | str, known: Columns, text: str | None = None,
+                 text_pair: str | None = None, label: str | None = None, *, flags: ColumnFlags = ColumnFlags(),
+                 labelled: bool = True) -> Columns:
+    """Another file's columns for a task whose columns are ``known`` (the training file's, or those saved with
+    an adapter): what is given, else ``known``'s names where this file has them all, else found by name; a
+    text pair exactly when ``known`` has one."""
+    names = set(rows[0])
+    texts = [c for c in (known.text, known.text_pair) if c]
+    if text is None and text_pair is None and all(c in names for c in texts):
+        text, text_pair = known.text, known.text_pair
+    if label is None and labelled and known.label in names and known.label not in (text, text_pair):
+        label = known.label
+    return find_columns(rows, path, text, text_pair, label, flags=flags, labelled=labelled,
+                        pair=known.text_pair is not None)
 
 
 @dataclass
 class Examples:
     texts: list[str]
     pairs: list[str] | None
-    labels: list[int]
+    labels: list[int] | None  # None: unlabelled (rows to predict)
 
 
 def label_name(value, path: Path | str, row: int) -> str:
@@ -103,14 +154,25 @@ class LabelSet:
         return cls(sorted(unique, key=_numeric_first))
 
     def encode(self, values: list, path: Path | str) -> list[int]:
-        ids = []
+        """Each value's label index: its name exactly, else ignoring case; the values matching no label are one
+        error listing each with its row count and first row."""
+        folded = {name.casefold(): i for i, name in reversed(list(enumerate(self.names)))}
+        ids, unknown = [], {}
         for row, value in enumerate(values, start=1):
             key = label_name(value, path, row)
-            if key not in self.index:
-                raise DataError(f"{path}: label '{key}' (row {row}) never appears in the training data "
-                                f"(labels: {', '.join(self.names)})")
-            ids.append(self.index[key])
+            index = self.index.get(key, folded.get(key.casefold()))
+            if index is None:
+                unknown.setdefault(key, []).append(row)
+            ids.append(index)
+        if unknown:
+            listed = "; ".join(f"'{key}' ({_rows(rows)})" for key, rows in unknown.items())
+            raise DataError(f"{path}: labels the training data never had (labels: {', '.join(self.names)}): "
+                            f"{listed}")
         return ids
+
+
+def _rows(rows: list[int]) -> str:
+    return f"row {rows[0]}" if len(rows) == 1 else f"{len(rows)} rows, first row {rows[0]}"
 
 
 def _numeric_first(name: str) -> tuple:
@@ -152,6 +214,16 @@ def load_examples(path: Path | str, columns: Columns, labels: LabelSet | None = 
     ), labels
 
 
+def read_texts(rows: list[dict], columns: Columns, path: Path | str) -> Examples:
+    """The texts (and text pairs) of unlabelled rows."""
+    missing = [c for c in (columns.text, columns.text_pair) if c and c not in rows[0]]
+    if missing:
+        raise DataError(f"{path}: column '{missing[0]}' not found; columns: {', '.join(rows[0])}")
+    return Examples(texts=_column_values(rows, columns.text, path, want_text=True),
+                    pairs=_column_values(rows, columns.text_pair, path, want_text=True) if columns.text_pair else None,
+                    labels=None)
+
+
 def token_lengths(tokenizer, examples: Examples) -> list[int]:
     """Each example's length in tokens, uncut."""
     return [len(ids) for ids in tokenizer(examples.texts, examples.pairs, verbose=False)["input_ids"]]
@@ -164,4 +236,8 @@ def tokenize(tokenizer, examples: Examples, max_length: int, what: str = "") -> 
     if what:
         note_truncated([len(ids) for ids in encoded["input_ids"]], max_length, what)
     keys = list(encoded.keys())
-    return [{**{k: encoded[k][i] for k in keys}, "labels": label} for i, label in enumerate(examples.labels)]
+    rows = [{k: encoded[k][i] for k in keys} for i in range(len(examples.texts))]
+    if examples.labels is not None:
+        for row, label in zip(rows, examples.labels, strict=True):
+            row["labels"] = label
+    return rows

@@ -102,3 +102,23 @@ def _refuse_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
         keys = [key for key, _ in pairs]
         raise _RepeatedKey(next(key for key in keys if keys.count(key) > 1))
     return row
+
+
+def write_predictions(path: str | Path, rows: list[dict], labels: list[str]) -> None:
+    """Rows with their ``predicted`` label and ``probabilities`` (label -> p), as the suffix says: JSON Lines
+    (.jsonl / .json) as they are; CSV / TSV with a ``p(LABEL)`` column per label instead of the mapping."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in READERS:
+        raise DataError(f"{path}: unsupported file type '{suffix}'; use one of {', '.join(READERS)}")
+    if not path.parent.is_dir():
+        raise DataError(f"{path}: folder {path.parent} not found")
+    if suffix in (".jsonl", ".json"):
+        path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+        return
+    flat = [{**{k: v for k, v in row.items() if k != "probabilities"},
+             **{f"p({label})": row["probabilities"][label] for label in labels}} for row in rows]
+    with path.open("w", encoding="utf-8", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(flat[0]), delimiter="\t" if suffix == ".tsv" else ",")
+        writer.writeheader()
+        writer.writerows(flat)

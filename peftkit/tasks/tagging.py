@@ -12,7 +12,7 @@ over exact (type, start, end) matches.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from peftkit.core.errors import DataError
@@ -113,19 +113,30 @@ class EntityScores:
     gold: int
     predicted: int
     correct: int
+    by_type: dict[str, EntityScores] = field(default_factory=dict)  # the same scores over each entity type alone
+
+    @classmethod
+    def from_counts(cls, gold: int, predicted: int, correct: int) -> EntityScores:
+        precision = correct / predicted if predicted else 0.0
+        recall = correct / gold if gold else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        return cls(precision, recall, f1, gold, predicted, correct)
+
+    def describe_types(self) -> str:
+        """e.g. "LOC 0.81 (120); PER 0.74 (98)": each type's F1 and gold entity count."""
+        return "; ".join(f"{kind} {scores.f1:.2f} ({scores.gold})" for kind, scores in self.by_type.items())
 
 
 def entity_scores(gold: list[list[str]], predicted: list[list[str]]) -> EntityScores:
-    """Micro precision, recall and F1 over exact entity matches."""
-    gold_count = predicted_count = correct = 0
+    """Micro precision, recall and F1 over exact entity matches, overall and per entity type."""
+    counts: dict[str, list[int]] = {}  # type -> [gold, predicted, correct]
     for number, (gold_tags, predicted_tags) in enumerate(zip(gold, predicted, strict=True)):
         if len(gold_tags) != len(predicted_tags):
             raise ValueError(f"sentence {number}: {len(gold_tags)} gold tags but {len(predicted_tags)} predicted")
         gold_entities, predicted_entities = entities(gold_tags), entities(predicted_tags)
-        gold_count += len(gold_entities)
-        predicted_count += len(predicted_entities)
-        correct += len(gold_entities & predicted_entities)
-    precision = correct / predicted_count if predicted_count else 0.0
-    recall = correct / gold_count if gold_count else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return EntityScores(precision, recall, f1, gold_count, predicted_count, correct)
+        for index, found in enumerate((gold_entities, predicted_entities, gold_entities & predicted_entities)):
+            for kind, _, _ in found:
+                counts.setdefault(kind, [0, 0, 0])[index] += 1
+    overall = EntityScores.from_counts(*(sum(c[i] for c in counts.values()) for i in range(3)))
+    overall.by_type = {kind: EntityScores.from_counts(*counts[kind]) for kind in sorted(counts)}
+    return overall

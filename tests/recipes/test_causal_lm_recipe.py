@@ -79,3 +79,40 @@ def test_cli_trains_a_causal_lm_adapter_and_generates(tmp_path, capsys):
     assert capsys.readouterr().out.split() == ["positive"]
     not_data = str(model_dir / "config.json")
     assert main(["train", "--task", "causal-lm", "--model", str(model_dir), "--train", not_data]) == 2
+
+
+def toy_options(tmp_path, **given) -> TrainOptions:
+    model_dir, data = write_model_and_data(tmp_path)
+    return TrainOptions(task="causal-lm", train=str(data), eval=str(data), model=str(model_dir), max_steps=20,
+                        batch_size=8, lr=1e-2, output=str(tmp_path / "adapter"), **given)
+
+
+def test_padding_free_training_follows_the_padded_runs_losses(tmp_path):
+    packed = train_causal_lm(toy_options(tmp_path))
+    padded = train_causal_lm(toy_options(tmp_path, packing="off"))
+    assert packed.batches.startswith("padding-free") and padded.batches == "padded (--packing off)"
+    assert len(packed.losses) == len(padded.losses) > 0
+    assert max(abs(a - b) for a, b in zip(packed.losses, padded.losses, strict=True)) < 1e-4
+    assert abs(packed.eval_loss - padded.eval_loss) < 1e-4
+
+
+def test_prompt_learning_pads_and_packing_on_names_why(tmp_path):
+    import pytest
+
+    from peftkit.core.errors import ConfigError
+
+    result = train_causal_lm(toy_options(tmp_path, method="prefix_tuning"))
+    assert result.batches == "padded: PREFIX_TUNING adds virtual tokens to each row"
+    with pytest.raises(ConfigError, match="--packing on: PREFIX_TUNING adds virtual tokens to each row; use "):
+        train_causal_lm(toy_options(tmp_path, method="prefix_tuning", packing="on"))
+
+
+def test_the_summary_says_how_batches_were_formed(tmp_path, capsys):
+    from peftkit.cli import main
+
+    model_dir, data = write_model_and_data(tmp_path)
+    assert main(["train", "--task", "causal-lm", "--model", str(model_dir), "--train", str(data), "--max-steps", "3",
+                 "--output", str(tmp_path / "out")]) == 0
+    assert "  batches:              padding-free: " in capsys.readouterr().out
+    assert main(["train", "--task", "causal-lm", "--model", str(model_dir), "--train", str(data),
+                 "--packing", "sometimes"]) == 2

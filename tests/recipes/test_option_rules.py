@@ -32,6 +32,9 @@ BAD_VALUES = {
     "text_column": ["", 1],
     "text_pair_column": ["", 2],
     "label_column": ["", 0],
+    "eval_text_column": ["", 1],
+    "eval_text_pair_column": ["", 2],
+    "eval_label_column": ["", 3],
     "eval_fraction": [0, 1, 1.5, -0.1, float("nan"), "tenth"],
     "method_options": [None, "r=8", 3, ["r", 8]],
     "density_loss": [-1, float("nan"), float("inf"), "lots", None],
@@ -48,6 +51,7 @@ BAD_VALUES = {
     "overwrite": ["yes", 1],
     "gradient_checkpointing": ["on", 1],
     "fsdp": ["true", 2],
+    "packing": ["yes", True, "", None],
 }
 CASES = [(name, value) for name, values in BAD_VALUES.items() for value in values]
 

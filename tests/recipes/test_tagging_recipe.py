@@ -49,6 +49,8 @@ def test_the_recipe_learns_the_tags_and_saves_them(model_dir, ner_files, tmp_pat
     assert scores.gold > 60 and scores.f1 >= 0.9
     assert result.metric[0] == "entity F1" and result.metric[1] == scores.f1
     assert result.losses[-1] < 0.5 * result.losses[0]
+    assert result.batches.startswith("padding-free: ") and "% less)" in result.batches
+    assert json.loads((tmp_path / "tagger" / "eval.json").read_text())["entities"]["f1"] == scores.f1
     task = read_json(tmp_path / "tagger" / "peftkit_task.json")
     assert task["task"] == "token-classification"
     assert task["labels"] == ["B-PART", "B-QUALITY", "B-THING", "I-QUALITY", "O"]
@@ -64,3 +66,21 @@ def test_the_cli_trains_a_tagger_and_reports_entity_f1(model_dir, ner_files, tmp
 def test_the_cli_names_a_missing_training_file(model_dir, capsys):
     assert main(["train", "--task", "token-classification", "--model", str(model_dir)]) == 2
     assert "token classification needs --train FILE" in capsys.readouterr().err
+
+
+def test_padded_and_padding_free_tagging_follow_the_same_losses(model_dir, ner_files, tmp_path):
+    from transformers import AutoConfig, AutoTokenizer, BertForTokenClassification
+
+    without_dropout = tmp_path / "model"  # dropout would draw different masks for the two batch shapes
+    config = AutoConfig.from_pretrained(model_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    BertForTokenClassification(config).save_pretrained(without_dropout)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(without_dropout)
+
+    def losses(packing: str) -> list[float]:
+        options = TrainOptions(task="token-classification", model=str(without_dropout), max_steps=20, batch_size=16,
+                               lr=5e-3, train=str(ner_files / "train.jsonl"), eval=str(ner_files / "dev.jsonl"),
+                               output=str(tmp_path / packing), packing=packing, method_options={"lora_dropout": 0.0})
+        return train_tagger(options).result.losses
+
+    packed, padded = losses("on"), losses("off")
+    assert len(packed) == 2 and max(abs(a - b) for a, b in zip(packed, padded, strict=True)) < 1e-4

@@ -61,7 +61,7 @@ def test_ambiguous_or_missing_columns_are_errors_naming_the_option():
     with pytest.raises(DataError, match="pass --text-column"):
         find_columns([{"title": "a", "body": "b", "label": "x"}], "f.csv")
     with pytest.raises(DataError, match="pass --label-column"):
-        find_columns([{"text": "a", "stars": 3}], "f.csv")
+        find_columns([{"text": "a", "grade": 3}], "f.csv")
     with pytest.raises(DataError, match=r"column 'review' \(--text-column\) not found; columns: text, label"):
         find_columns([{"text": "a", "label": 1}], "f.csv", text="review")
 
@@ -73,7 +73,8 @@ def test_labels_sorted_integers_numerically_and_unseen_eval_labels_rejected(tmp_
     dev = write(tmp_path / "dev.jsonl", '{"text": "a", "label": 2}\n')
     examples, labels = load_examples(train, Columns("text", "label"))
     assert examples.labels == [1, 0] and labels.names == ["0", "1"]
-    with pytest.raises(DataError, match=r"dev.jsonl: label '2' \(row 1\) never appears in the training data"):
+    with pytest.raises(DataError, match=r"dev.jsonl: labels the training data never had \(labels: 0, 1\): '2' "
+                                        r"\(row 1\)"):
         load_examples(dev, Columns("text", "label"), labels)
 
 

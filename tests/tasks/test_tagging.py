@@ -26,6 +26,13 @@ def test_entity_scores_match_seqevals_documented_example():
     partial = entity_scores([["B-PER", "O", "B-LOC", "B-LOC"]], [["B-PER", "O", "B-LOC", "O"]])
     assert (partial.correct, partial.gold, partial.predicted) == (2, 3, 2)
     assert abs(partial.f1 - 2 * (1.0 * 2 / 3) / (1.0 + 2 / 3)) <= 1e-12
+    # seqeval's per-type report of its example: MISC 0 / 0 / 0 (1 gold), PER 1 / 1 / 1 (1 gold)
+    assert list(scores.by_type) == ["MISC", "PER"]
+    misc, person = scores.by_type["MISC"], scores.by_type["PER"]
+    assert (misc.precision, misc.recall, misc.f1, misc.gold) == (0.0, 0.0, 0.0, 1)
+    assert (person.precision, person.recall, person.f1, person.gold) == (1.0, 1.0, 1.0, 1)
+    assert partial.by_type["LOC"].f1 == 2 * (1.0 * 0.5) / 1.5
+    assert scores.describe_types() == "MISC 0.00 (1); PER 1.00 (1)"
 
 
 def test_tags_sit_on_each_words_first_sub_word(tmp_path):
