@@ -120,5 +120,6 @@ def _length_for(lengths: Sequence[int]) -> tuple[int, str]:
     covered = ordered[max(0, math.ceil(LENGTH_SHARE * len(ordered)) - 1)] if ordered else LENGTH_STEP
     length = max(LENGTH_STEP, LENGTH_STEP * math.ceil(covered / LENGTH_STEP))
     longest = ordered[-1] if ordered else 0
-    share = sum(n <= length for n in ordered) / max(1, len(ordered))
-    return length, f"holds {share:.1%} of the rows; the longest has {longest}"
+    held = sum(n <= length for n in ordered)
+    share = math.floor(1000 * held / max(1, len(ordered))) / 10  # rounded down: 100% only when every row fits
+    return length, f"holds {share:.1f}% of the rows; the longest has {longest}"

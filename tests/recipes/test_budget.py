@@ -40,6 +40,11 @@ def test_max_length_is_the_multiple_of_64_holding_99_percent_of_the_rows(lengths
     assert f"the longest has {max(lengths)}" in budget.reasons["max_length"]
 
 
+def test_the_share_of_rows_held_is_rounded_down_so_a_cut_row_never_shows_as_100_percent():
+    _, budget = settle_budget(TrainOptions(), 2000, [100] * 1999 + [129], None)
+    assert budget.reasons["max_length"] == "holds 99.9% of the rows; the longest has 129"
+
+
 def test_the_model_positions_cap_the_length():
     options, budget = settle_budget(TrainOptions(), 100, [900] * 100, 512)
     assert options.max_length == 512 and budget.reasons["max_length"] == "the model's positions"
