@@ -272,12 +272,32 @@ def _file_columns(parser: argparse.ArgumentParser, labelled: bool) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from peftkit.core.checkpoint import read_json
+
+    task_file = Path(args.adapter) / "peftkit_task.json"
+    if task_file.is_file() and read_json(task_file, "peftkit task file").get("task") == "token-classification":
+        return _eval_tagger(args)
     from peftkit.recipes.classification import evaluate_adapter
 
     result = evaluate_adapter(args.adapter, args.eval, model=args.model, batch_size=args.batch_size,
                               columns=(args.text_column, args.text_pair_column, args.label_column))
     print(f"peftkit eval: {args.adapter} on {args.eval} ({result.columns.describe()})")
     _print_report(result.report, result.written)
+    return 0
+
+
+def _eval_tagger(args: argparse.Namespace) -> int:
+    from peftkit.recipes.tagging import evaluate_tagger
+
+    if args.text_pair_column:
+        raise ConfigError("--text-pair-column: a tagging adapter reads one column of words")
+    result = evaluate_tagger(args.adapter, args.eval, model=args.model, columns=(args.text_column, args.label_column))
+    scores = result.scores
+    print(f"peftkit eval: {args.adapter} on {args.eval} (words '{result.columns[0]}', tags '{result.columns[1]}')")
+    print(f"  entity F1 {scores.f1:.4f} (P {scores.precision:.4f}, R {scores.recall:.4f}; {scores.correct}/"
+          f"{scores.gold} gold entities found)")
+    print(f"  by type (F1, gold entities): {scores.describe_types()}")
+    print(f"  report written to:    {', '.join(str(path) for path in result.written)}")
     return 0
 
 
@@ -543,8 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="method setting, e.g. -o r=16 -o target_modules=[query,value]")
     train.set_defaults(run=cmd_train)
 
-    evaluate = commands.add_parser("eval", help="score a saved classification adapter on a labelled file: "
-                                                "accuracy, macro-F1, per-class scores, baselines (eval.json)")
+    evaluate = commands.add_parser("eval", help="score a saved classification adapter on a labelled file (accuracy, "
+                                                "macro-F1, per-class scores, baselines), or a tagging adapter on "
+                                                "tagged rows (entity F1 by type); the report goes to eval.json")
     evaluate.add_argument("--adapter", required=True, help="adapter folder written by peftkit train")
     evaluate.add_argument("--eval", required=True, help="labelled file (CSV, TSV, JSONL)")
     evaluate.add_argument("--model", help="base model folder (default: the one recorded in the adapter)")

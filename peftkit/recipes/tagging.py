@@ -28,8 +28,10 @@ from peftkit.recipes.training import (
     autocast,
     evaluation_source,
     learning_rate_for,
+    load_saved_adapter,
     loads_sharded,
     parameter_counts,
+    read_saved_task,
     recipe_config,
     run_trainer,
     save_result,
@@ -151,3 +153,33 @@ def train_tagger(options: TrainOptions, recipe_defaults: dict | None = None) -> 
                                                   f"{scores.describe_types()}"),
         held_parameters=held, budget=budget.describe(), batches=batches.describe(), reports=written)
     return TaggerRun(result, scores, data.eval.words, predicted)
+
+
+@dataclass
+class TaggerEvaluation:
+    scores: EntityScores
+    columns: tuple[str, str]  # the file's words and tags columns
+    written: list[Path]  # eval.json beside the adapter
+
+
+def evaluate_tagger(adapter_dir: str, eval_file: str, model: str | None = None,
+                    columns: tuple[str | None, str | None] = (None, None)) -> TaggerEvaluation:
+    """Score a saved tagging adapter on a file of words and tags (read and checked before the model loads):
+    entity F1, overall and per type, written to eval.json beside the adapter. ``columns``: the file's words and
+    tags columns where given, else the adapter's where the file has them, else found by name."""
+    task = read_saved_task(adapter_dir, TASK)
+    rows = read_rows(eval_file)
+    present = set(rows[0])
+    words, tags = (given or (saved if saved in present else None)
+                   for given, saved in zip(columns, (task["text_column"], task["label_column"]), strict=True))
+    file_columns = find_tag_columns(rows, eval_file, words, tags)
+    tag_set = LabelSet(task["labels"])
+    evaluation, _ = load_tagged(eval_file, file_columns, tag_set, rows=rows)
+    tokenizer, peft_model, _ = load_saved_adapter(adapter_dir, TASK, model)
+    predicted = predict_tags(peft_model, tokenizer, tokenize_tagged(tokenizer, evaluation, task["max_length"]),
+                             evaluation.words, tag_set.names)
+    scores = entity_scores([[tag_set.names[t] for t in row] for row in evaluation.tags], predicted)
+    written = write_report(adapter_dir, {"file": str(eval_file), "columns": {"words": file_columns[0],
+                                                                            "tags": file_columns[1]},
+                                         "entities": asdict(scores)})
+    return TaggerEvaluation(scores, file_columns, written)

@@ -338,6 +338,7 @@ def load_saved_adapter(adapter_dir: str | Path, task: str, model: str | None = N
     from peftkit.core.pretrained import (
         load_causal_lm,
         load_sequence_classifier,
+        load_token_classifier,
         resolve_causal_lm_dir,
         resolve_model_dir,
     )
@@ -347,6 +348,8 @@ def load_saved_adapter(adapter_dir: str | Path, task: str, model: str | None = N
     saved = read_saved_task(folder, task)
     if task == "causal-lm":
         tokenizer, base = load_causal_lm(resolve_causal_lm_dir(model or base_name))
+    elif task == "token-classification":
+        tokenizer, base = load_token_classifier(resolve_model_dir(model or base_name), saved["labels"])
     else:
         tokenizer, base = load_sequence_classifier(resolve_model_dir(model or base_name), saved["labels"])
     quantize_base(base, saved.get("base_quantization"))

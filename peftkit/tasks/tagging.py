@@ -46,7 +46,8 @@ def find_tag_columns(rows: list[dict], path: Path | str, words: str | None = Non
 
 def load_tagged(path: Path | str, columns: tuple[str, str], tag_set: LabelSet | None = None,
                 rows: list[dict] | None = None) -> tuple[TaggedExamples, LabelSet]:
-    """Read words and tags; the tag set comes from this file unless one is given."""
+    """Read words and tags; the tag set comes from this file unless one is given (then a tag matches it exactly,
+    else ignoring case)."""
     rows = read_rows(path) if rows is None else rows
     word_column, tag_column = columns
     all_words, all_tags = [], []
@@ -59,13 +60,18 @@ def load_tagged(path: Path | str, columns: tuple[str, str], tag_set: LabelSet | 
         all_words.append([str(w) for w in words])
         all_tags.append([str(t) for t in tags])
     tag_set = tag_set or LabelSet(sorted({t for tags in all_tags for t in tags}))
-    encoded = []
+    folded = {name.casefold(): i for i, name in reversed(list(enumerate(tag_set.names)))}
+    encoded, unknown = [], {}
     for number, tags in enumerate(all_tags, start=1):
-        unknown = [t for t in tags if t not in tag_set.index]
-        if unknown:
-            raise DataError(f"{path}: tag '{unknown[0]}' (row {number}) never appears in the training data "
-                            f"(tags: {', '.join(tag_set.names)})")
-        encoded.append([tag_set.index[t] for t in tags])
+        ids = [tag_set.index.get(t, folded.get(t.casefold())) for t in tags]
+        for tag, index in zip(tags, ids, strict=True):
+            if index is None and number not in unknown.setdefault(tag, []):
+                unknown[tag].append(number)
+        encoded.append(ids)
+    if unknown:  # every unknown tag in one line, as for classification labels
+        listed = "; ".join(f"'{tag}' (row {rows[0]}" + (f" and {len(rows) - 1} more)" if len(rows) > 1 else ")")
+                           for tag, rows in unknown.items())
+        raise DataError(f"{path}: tags the training data never had (tags: {', '.join(tag_set.names)}): {listed}")
     return TaggedExamples(all_words, encoded), tag_set
 
 

@@ -84,3 +84,22 @@ def test_padded_and_padding_free_tagging_follow_the_same_losses(model_dir, ner_f
 
     packed, padded = losses("on"), losses("off")
     assert len(packed) == 2 and max(abs(a - b) for a, b in zip(packed, padded, strict=True)) < 1e-4
+
+
+def test_eval_scores_a_tagging_adapter_on_a_file_with_columns_of_its_own(model_dir, ner_files, tmp_path, capsys):
+    out = tmp_path / "tagger"
+    assert main(["train", "--task", "token-classification", "--model", str(model_dir), "--train",
+                 str(ner_files / "train.jsonl"), "--eval", str(ner_files / "dev.jsonl"), "--epochs", "8",
+                 "--batch-size", "16", "--lr", "5e-3", "--output", str(out)]) == 0
+    trained_f1 = json.loads((out / "eval.json").read_text())["entities"]["f1"]
+    renamed = tmp_path / "renamed.jsonl"  # the same rows under other column names, one tag in lower case
+    rows = [json.loads(line) for line in (ner_files / "dev.jsonl").read_text().splitlines()]
+    rows[0]["tags"] = [tag.lower() for tag in rows[0]["tags"]]
+    renamed.write_text("".join(json.dumps({"words": r["tokens"], "ner_tags": r["tags"]}) + "\n" for r in rows))
+    capsys.readouterr()
+    assert main(["eval", "--adapter", str(out), "--eval", str(renamed)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "eval.json").read_text())
+    assert report["columns"] == {"words": "words", "tags": "ner_tags"} and report["entities"]["f1"] == trained_f1
+    assert f"  entity F1 {trained_f1:.4f} (" in printed and "  by type (F1, gold entities): B-PART" not in printed
+    assert "by type (F1, gold entities): PART " in printed and "; THING " in printed

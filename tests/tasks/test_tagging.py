@@ -58,3 +58,20 @@ def test_bad_rows_name_the_problem(tmp_path):
         load_tagged(path, ("tokens", "tags"))
     with pytest.raises(peftkit.PeftkitError, match="cannot tell which columns hold the words"):
         find_tag_columns([{"x": [], "y": []}], path)
+
+
+def test_tags_match_the_training_tags_ignoring_case_and_unknown_ones_are_listed_together(tmp_path):
+    from peftkit.core.errors import DataError
+    from peftkit.tasks.classification import LabelSet
+
+    tag_set = LabelSet(["B-LOC", "I-LOC", "O"])
+    path = tmp_path / "dev.jsonl"
+    path.write_text('{"tokens": ["a", "b"], "tags": ["b-loc", "i-loc"]}\n')
+    examples, _ = load_tagged(path, ("tokens", "tags"), tag_set)
+    assert examples.tags == [[0, 1]]
+    path.write_text('{"tokens": ["a"], "tags": ["B-PER"]}\n{"tokens": ["b"], "tags": ["B-PER"]}\n'
+                    '{"tokens": ["c", "d"], "tags": ["O", "B-ORG"]}\n')
+    with pytest.raises(DataError) as error:
+        load_tagged(path, ("tokens", "tags"), tag_set)
+    assert str(error.value) == (f"{path}: tags the training data never had (tags: B-LOC, I-LOC, O): 'B-PER' (row 1 "
+                                "and 1 more); 'B-ORG' (row 3)")
