@@ -273,8 +273,9 @@ def _file_columns(parser: argparse.ArgumentParser, labelled: bool) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from peftkit.core.checkpoint import read_json
+    from peftkit.recipes.training import TASK_FILE
 
-    task_file = Path(args.adapter) / "peftkit_task.json"
+    task_file = Path(args.adapter) / TASK_FILE
     if task_file.is_file() and read_json(task_file, "peftkit task file").get("task") == "token-classification":
         return _eval_tagger(args)
     from peftkit.recipes.classification import evaluate_adapter
@@ -546,8 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="under torchrun / accelerate launch: shard the base model over the processes with FSDP2 "
                        "(each keeps 1/N of its weights) instead of a whole copy each (DDP)")
     train.add_argument("--packing", choices=("auto", "on", "off"),
-                       help="causal LM and tagging: padding-free batches, each batch's rows concatenated with "
-                            "attention kept within each row (default auto: where the model allows, else padded)")
+                       help="causal LM and tagging: padding-free batches, each batch's rows packed end to end "
+                            "with attention kept within each row (default auto: where the model allows, else padded)")
     train.add_argument("--text-column", help="the text column (default: found by name, e.g. text, sentence)")
     train.add_argument("--text-pair-column", help="the second text of a pair (default: found by name, e.g. "
                                                   "hypothesis after premise)")

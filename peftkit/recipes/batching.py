@@ -44,12 +44,12 @@ def choose_batches(model, dataset: list[dict], packing: str, padded, packed: Cal
 def _why_not_packed(model, dataset: list[dict], packed: Callable[[], PackingCollator], forward: dict) -> str | None:
     if isinstance(model, PeftModel) and model.prompt_encoder:
         return f"{model.peft_config[model.active_adapter].peft_type} adds virtual tokens to each row"
-    attention = model.config._attn_implementation
-    if isinstance(packed(), EncoderPackingCollator) and attention not in BLOCK_MASK_ATTENTION:
+    attention, probe_collator = model.config._attn_implementation, packed()
+    if isinstance(probe_collator, EncoderPackingCollator) and attention not in BLOCK_MASK_ATTENTION:
         return f"{attention} attention takes no block-diagonal mask"
     probe = [token for row in dataset for token in row["input_ids"]][:sum(PROBE_ROWS)]
     if len(probe) < sum(PROBE_ROWS):
         return f"the training data hold fewer than {sum(PROBE_ROWS)} tokens"
-    if not keeps_rows_apart(model, probe, packed(), **forward):
+    if not keeps_rows_apart(model, probe, probe_collator, **forward):
         return "this model's attention does not keep packed rows apart"
     return None

@@ -5,7 +5,7 @@ are left-padded, with position ids counted from each row's first real token, so 
 every row sit in the last K positions: the LM head runs on those K alone (``logits_to_keep``), which for
 short answers skips most of the vocabulary projection, forward and backward.
 
-Training batches are padding-free by default (``--packing auto``): each batch's rows concatenated into one,
+Training batches are padding-free by default (``--packing auto``): each batch's rows packed end to end,
 attention kept within each row, the loss and its gradients those of the padded batch
 (``core/mechanics/packing.py``), and the LM head run only where a trained token is predicted. ``auto`` first
 checks that the model keeps packed rows apart and pads otherwise (as for prompt-learning methods, whose

@@ -235,30 +235,45 @@ def saved_columns(task: dict) -> Columns:
     return Columns(text=task["text_column"], label=task["label_column"], text_pair=task["text_pair_column"])
 
 
+@dataclass
+class ScoredFile:
+    """A file read with its own columns and scored by a saved classification adapter."""
+
+    rows: list[dict]
+    columns: Columns
+    examples: Examples  # labels None for an unlabelled file
+    labels: list[str]  # the adapter's
+    probabilities: torch.Tensor  # [rows, labels]
+
+
+def score_file(adapter_dir: str, path: str, model: str | None, batch_size: int, columns: tuple,
+               labelled: bool) -> ScoredFile:
+    """Read ``path`` with its own columns (``columns`` where given, else the adapter's, else found by name) and
+    check its rows — labels too when ``labelled`` — before the model loads; then each row's class probabilities."""
+    task = read_saved_task(adapter_dir, "text-classification")
+    rows = read_rows(path)
+    file_columns = columns_like(rows, path, saved_columns(task), *columns, labelled=labelled)
+    if labelled:
+        examples, _ = load_examples(path, file_columns, LabelSet(task["labels"]), rows=rows)
+    else:
+        examples = read_texts(rows, file_columns, path)
+    if sys.stderr.isatty():
+        print(f"loading the adapter {adapter_dir} on its base model …", file=sys.stderr, flush=True)
+    tokenizer, peft_model, _ = load_saved_adapter(adapter_dir, "text-classification", model)
+    probabilities = class_probabilities(peft_model, tokenizer, tokenize(tokenizer, examples, task["max_length"]),
+                                        batch_size)
+    return ScoredFile(rows, file_columns, examples, task["labels"], probabilities)
+
+
 def evaluate_adapter(adapter_dir: str, eval_file: str, model: str | None = None, batch_size: int = 128,
                      columns: tuple[str | None, str | None, str | None] = (None, None, None)) -> EvalResult:
     """Score a saved classification adapter on a labelled file (read and checked before the model loads);
     ``columns``: the file's text, text-pair and label columns where given (else the adapter's, else found by
     name). The report goes to eval.json beside the adapter."""
-    task = read_saved_task(adapter_dir, "text-classification")
-    rows = read_rows(eval_file)
-    file_columns = columns_like(rows, eval_file, saved_columns(task), *columns)
-    labels = LabelSet(task["labels"])
-    examples, _ = load_examples(eval_file, file_columns, labels, rows=rows)
-    tokenizer, peft_model = load_for_scoring(adapter_dir, model)
-    predicted = class_probabilities(peft_model, tokenizer, tokenize(tokenizer, examples, task["max_length"]),
-                                    batch_size).argmax(-1).tolist()
-    report = classification_report(examples.labels, predicted, labels.names)
-    written = write_report(adapter_dir, {"file": str(eval_file), "columns": asdict(file_columns)}, report)
-    return EvalResult(report, file_columns, written)
-
-
-def load_for_scoring(adapter_dir: str, model: str | None):
-    """(tokenizer, model with the adapter), saying in a terminal what loads."""
-    if sys.stderr.isatty():
-        print(f"loading the adapter {adapter_dir} on its base model …", file=sys.stderr, flush=True)
-    tokenizer, peft_model, _ = load_saved_adapter(adapter_dir, "text-classification", model)
-    return tokenizer, peft_model
+    scored = score_file(adapter_dir, eval_file, model, batch_size, columns, labelled=True)
+    report = classification_report(scored.examples.labels, scored.probabilities.argmax(-1).tolist(), scored.labels)
+    written = write_report(adapter_dir, {"file": str(eval_file), "columns": asdict(scored.columns)}, report)
+    return EvalResult(report, scored.columns, written)
 
 
 @dataclass
@@ -272,15 +287,9 @@ def predict_file(adapter_dir: str, input_file: str, model: str | None = None, ba
                  columns: tuple[str | None, str | None] = (None, None)) -> Predictions:
     """A saved classification adapter's label and probabilities for every row of an (unlabelled) file;
     ``columns``: its text and text-pair columns where given (else the adapter's, else found by name)."""
-    task = read_saved_task(adapter_dir, "text-classification")
-    rows = read_rows(input_file)
-    file_columns = columns_like(rows, input_file, saved_columns(task), *columns, labelled=False)
-    texts = read_texts(rows, file_columns, input_file)
-    tokenizer, peft_model = load_for_scoring(adapter_dir, model)
-    encoded = tokenize(tokenizer, texts, task["max_length"])
-    probabilities = class_probabilities(peft_model, tokenizer, encoded, batch_size)
-    names = task["labels"]
+    scored = score_file(adapter_dir, input_file, model, batch_size, (*columns, None), labelled=False)
+    names = scored.labels
     predicted = [{**row, "predicted": names[int(p.argmax())],
                   "probabilities": {name: round(float(v), 6) for name, v in zip(names, p, strict=True)}}
-                 for row, p in zip(rows, probabilities, strict=True)]
-    return Predictions(predicted, file_columns, names)
+                 for row, p in zip(scored.rows, scored.probabilities, strict=True)]
+    return Predictions(predicted, scored.columns, names)

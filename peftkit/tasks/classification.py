@@ -144,6 +144,11 @@ class LabelSet:
     def __init__(self, names: list[str]) -> None:
         self.names = names
         self.index = {name: i for i, name in enumerate(names)}
+        self._folded = {name.casefold(): i for i, name in reversed(list(enumerate(names)))}
+
+    def find(self, name: str) -> int | None:
+        """The index of the label ``name``: matched exactly, else ignoring case; None if it matches none."""
+        return self.index.get(name, self._folded.get(name.casefold()))
 
     @classmethod
     def from_values(cls, values: list, path: Path | str = "labels") -> LabelSet:
@@ -156,11 +161,10 @@ class LabelSet:
     def encode(self, values: list, path: Path | str) -> list[int]:
         """Each value's label index: its name exactly, else ignoring case; the values matching no label are one
         error listing each with its row count and first row."""
-        folded = {name.casefold(): i for i, name in reversed(list(enumerate(self.names)))}
         ids, unknown = [], {}
         for row, value in enumerate(values, start=1):
             key = label_name(value, path, row)
-            index = self.index.get(key, folded.get(key.casefold()))
+            index = self.find(key)
             if index is None:
                 unknown.setdefault(key, []).append(row)
             ids.append(index)

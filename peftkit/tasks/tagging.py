@@ -60,10 +60,9 @@ def load_tagged(path: Path | str, columns: tuple[str, str], tag_set: LabelSet | 
         all_words.append([str(w) for w in words])
         all_tags.append([str(t) for t in tags])
     tag_set = tag_set or LabelSet(sorted({t for tags in all_tags for t in tags}))
-    folded = {name.casefold(): i for i, name in reversed(list(enumerate(tag_set.names)))}
     encoded, unknown = [], {}
     for number, tags in enumerate(all_tags, start=1):
-        ids = [tag_set.index.get(t, folded.get(t.casefold())) for t in tags]
+        ids = [tag_set.find(t) for t in tags]
         for tag, index in zip(tags, ids, strict=True):
             if index is None and number not in unknown.setdefault(tag, []):
                 unknown[tag].append(number)
